@@ -1,0 +1,126 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+
+	"golang.org/x/term"
+)
+
+// runCreateAdmin creates the first admin. Values not given as flags are asked for in the order
+// username, password, email, first name, last name: at a terminal with prompts (the password
+// hidden and asked twice), otherwise read one per line from stdin.
+func runCreateAdmin(ctx context.Context, cfg config, st *store, admin newUser, stdin io.Reader, stdout io.Writer) error {
+	p := newPrompter(stdin, stdout)
+	var password string
+	var err error
+	steps := []struct {
+		label string
+		value *string
+	}{
+		{"Username", &admin.Username},
+		{"Password", nil},
+		{"Email", &admin.Email},
+		{"First name", &admin.FirstName},
+		{"Last name", &admin.LastName},
+	}
+	for _, step := range steps {
+		switch {
+		case step.value == nil:
+			password, err = p.password()
+		case *step.value == "":
+			*step.value, err = p.line(step.label)
+		}
+		if err != nil {
+			return fmt.Errorf("create admin: reading %s: %w", strings.ToLower(step.label), err)
+		}
+	}
+	req := registerRequest{admin.Username, admin.FirstName, admin.LastName, admin.Email, password}
+	if problems := req.valid(cfg.passwordMinLength); len(problems) > 0 {
+		return fmt.Errorf("create admin: %s", describeProblems(problems))
+	}
+	hash, err := newHasher(cfg.bcryptCost).hash(password)
+	if err != nil {
+		return fmt.Errorf("create admin: %w", err)
+	}
+	id, err := st.createFirstAdmin(ctx, admin, hash)
+	if err != nil {
+		var ce *clientError
+		if errors.As(err, &ce) {
+			return fmt.Errorf("create admin: %s", ce.message)
+		}
+		return fmt.Errorf("create admin: %w", err)
+	}
+	fmt.Fprintf(stdout, "Admin %q created with id %d.\n", admin.Username, id)
+	return nil
+}
+
+// describeProblems renders validation problems as "field reason; field reason".
+func describeProblems(problems map[string]string) string {
+	lines := make([]string, 0, len(problems))
+	for field, reason := range problems {
+		lines = append(lines, field+" "+reason)
+	}
+	sort.Strings(lines)
+	return strings.Join(lines, "; ")
+}
+
+// prompter asks for values at a terminal, or reads them line by line from a pipe or file.
+type prompter struct {
+	in       *bufio.Reader
+	out      io.Writer
+	terminal int // the terminal's file descriptor, or -1
+}
+
+func newPrompter(stdin io.Reader, stdout io.Writer) *prompter {
+	p := &prompter{in: bufio.NewReader(stdin), out: stdout, terminal: -1}
+	if f, ok := stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		p.terminal = int(f.Fd())
+	}
+	return p
+}
+
+func (p *prompter) line(label string) (string, error) {
+	if p.terminal >= 0 {
+		fmt.Fprintf(p.out, "%s: ", label)
+	}
+	s, err := p.in.ReadString('\n')
+	if errors.Is(err, io.EOF) && s != "" {
+		err = nil
+	}
+	if errors.Is(err, io.EOF) {
+		return "", errors.New("no more input")
+	}
+	return strings.TrimRight(s, "\r\n"), err
+}
+
+// password reads a password without echo at a terminal, asking twice to catch typos.
+func (p *prompter) password() (string, error) {
+	if p.terminal < 0 {
+		return p.line("Password")
+	}
+	read := func(label string) (string, error) {
+		fmt.Fprintf(p.out, "%s: ", label)
+		b, err := term.ReadPassword(p.terminal)
+		fmt.Fprintln(p.out)
+		return string(b), err
+	}
+	first, err := read("Password")
+	if err != nil {
+		return "", err
+	}
+	second, err := read("Password (again)")
+	if err != nil {
+		return "", err
+	}
+	if first != second {
+		return "", errors.New("the passwords do not match")
+	}
+	return first, nil
+}

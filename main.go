@@ -1,0 +1,260 @@
+// Command usermgmt is a user management HTTP API: registration, login with JWT access
+// tokens, password reset by email, and role-based user administration, on PostgreSQL.
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args, os.Getenv, os.Stdin, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "usermgmt:", err)
+		os.Exit(1)
+	}
+}
+
+// run is the whole program: main only supplies the process's arguments, environment and
+// standard streams, so tests can start it with their own.
+func run(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout io.Writer) error {
+	flags := flag.NewFlagSet(args[0], flag.ContinueOnError)
+	flags.SetOutput(stdout)
+	envFile := flags.String("env-file", ".env", "read settings from this file; the environment wins (empty: none)")
+	createAdmin := flags.Bool("create-admin", false, "create the first admin account and exit")
+	var admin newUser
+	flags.StringVar(&admin.Username, "username", "", "with -create-admin: the admin's username")
+	flags.StringVar(&admin.Email, "email", "", "with -create-admin: the admin's email")
+	flags.StringVar(&admin.FirstName, "first-name", "", "with -create-admin: the admin's first name")
+	flags.StringVar(&admin.LastName, "last-name", "", "with -create-admin: the admin's last name")
+	if err := flags.Parse(args[1:]); err != nil {
+		return err
+	}
+	getenv, err := withEnvFile(getenv, *envFile)
+	if err != nil {
+		return err
+	}
+	cfg, err := loadConfig(getenv)
+	if err != nil {
+		return err
+	}
+	logger := slog.New(slog.NewTextHandler(stdout, nil))
+	st, err := openStore(ctx, cfg.databaseURL, time.Now, 30*time.Second)
+	if err != nil {
+		return fmt.Errorf("%w (is PostgreSQL running? `make run` starts it)", err)
+	}
+	defer st.close()
+	if *createAdmin {
+		return runCreateAdmin(ctx, cfg, st, admin, stdin, stdout)
+	}
+	return serve(ctx, cfg, st, logger)
+}
+
+// serve listens on cfg.addr, serves until ctx is done, then drains in-flight requests.
+func serve(ctx context.Context, cfg config, st *store, logger *slog.Logger) error {
+	if cfg.mail.backend == mailDummy {
+		logger.Warn("MAIL_BACKEND=dummy: password reset tokens are returned in API responses; never use this in production")
+	}
+	mail := newMailer(cfg.mail, logger)
+	defer mail.wait()
+	srv := &http.Server{
+		Handler:           newServer(cfg, st, mail, logger),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       15 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	// Listening before serving makes a taken port fail at once, with a clear error.
+	ln, err := net.Listen("tcp", cfg.addr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	logger.Info("listening", "addr", ln.Addr().String())
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	select {
+	case err := <-serveErr:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	logger.Info("shutting down: draining in-flight requests")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	return nil
+}
+
+// config is every setting of the service, read from the environment by loadConfig.
+type config struct {
+	databaseURL       string
+	jwtSecret         []byte
+	accessTTL         time.Duration
+	addr              string
+	bcryptCost        int
+	passwordMinLength int
+	resetTTL          time.Duration
+	publicURL         string
+	mail              mailConfig
+}
+
+// loadConfig reads and checks every setting, naming each bad one.
+func loadConfig(getenv func(string) string) (config, error) {
+	var problems []string
+	str := func(name, fallback string) string {
+		if v := getenv(name); v != "" {
+			return v
+		}
+		return fallback
+	}
+	num := func(name string, fallback, min, max int) int {
+		v := getenv(name)
+		if v == "" {
+			return fallback
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < min || n > max {
+			problems = append(problems, fmt.Sprintf("%s must be an integer from %d to %d", name, min, max))
+		}
+		return n
+	}
+	boolean := func(name string) bool {
+		v := getenv(name)
+		if v == "" {
+			return false
+		}
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			problems = append(problems, name+" must be true or false")
+		}
+		return b
+	}
+	seconds := func(name string, fallback int) time.Duration {
+		return time.Duration(num(name, fallback, 1, 1<<31)) * time.Second
+	}
+	cfg := config{
+		databaseURL:       getenv("DATABASE_URL"),
+		jwtSecret:         []byte(getenv("JWT_SECRET_KEY")),
+		accessTTL:         seconds("JWT_ACCESS_TOKEN_EXPIRES", 3600),
+		addr:              str("ADDR", ":8080"),
+		bcryptCost:        num("BCRYPT_COST", 12, 4, 31),
+		passwordMinLength: num("PASSWORD_MIN_LENGTH", 8, 1, 72),
+		resetTTL:          seconds("PASSWORD_RESET_TOKEN_EXPIRES", 3600),
+		mail: mailConfig{
+			server:   getenv("MAIL_SERVER"),
+			username: getenv("MAIL_USERNAME"),
+			password: getenv("MAIL_PASSWORD"),
+			useTLS:   boolean("MAIL_USE_TLS"),
+			useSSL:   boolean("MAIL_USE_SSL"),
+			sender:   str("MAIL_DEFAULT_SENDER", "usermgmt@localhost"),
+			timeout:  30 * time.Second,
+		},
+	}
+	cfg.publicURL = str("PUBLIC_URL", "http://localhost"+portSuffix(cfg.addr))
+	if cfg.mail.useSSL {
+		cfg.mail.port = num("MAIL_PORT", 465, 1, 65535)
+	} else {
+		cfg.mail.port = num("MAIL_PORT", 25, 1, 65535)
+	}
+	defaultBackend := mailLog
+	if cfg.mail.server != "" {
+		defaultBackend = mailSMTP
+	}
+	cfg.mail.backend = str("MAIL_BACKEND", defaultBackend)
+	switch {
+	case cfg.databaseURL == "":
+		problems = append(problems, "DATABASE_URL is required (`make run` writes one to .env)")
+	case len(cfg.jwtSecret) < 32:
+		problems = append(problems, "JWT_SECRET_KEY is required and must be at least 32 bytes (try: openssl rand -hex 32)")
+	}
+	switch cfg.mail.backend {
+	case mailSMTP:
+		if cfg.mail.server == "" {
+			problems = append(problems, "MAIL_BACKEND=smtp needs MAIL_SERVER")
+		}
+	case mailLog, mailDummy:
+	default:
+		problems = append(problems, "MAIL_BACKEND must be smtp, log or dummy")
+	}
+	if cfg.mail.useTLS && cfg.mail.useSSL {
+		problems = append(problems, "set MAIL_USE_TLS or MAIL_USE_SSL, not both")
+	}
+	if len(problems) > 0 {
+		return cfg, errors.New("configuration: " + strings.Join(problems, "; "))
+	}
+	return cfg, nil
+}
+
+// portSuffix returns ":port" of a listen address, for the default PUBLIC_URL.
+func portSuffix(addr string) string {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil || port == "80" {
+		return ""
+	}
+	return ":" + port
+}
+
+// withEnvFile returns a getenv that falls back to the KEY=VALUE lines of path. A missing file
+// is not an error; the real environment always wins.
+func withEnvFile(getenv func(string) string, path string) (func(string) string, error) {
+	if path == "" {
+		return getenv, nil
+	}
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return getenv, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	values, err := parseEnvFile(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return func(key string) string {
+		if v := getenv(key); v != "" {
+			return v
+		}
+		return values[key]
+	}, nil
+}
+
+// parseEnvFile reads KEY=VALUE lines; blank lines and # comments are skipped, and a value may
+// be wrapped in single or double quotes.
+func parseEnvFile(r io.Reader) (map[string]string, error) {
+	values := map[string]string{}
+	scanner := bufio.NewScanner(r)
+	for n := 1; scanner.Scan(); n++ {
+		line := strings.TrimSpace(scanner.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		key, value, ok := strings.Cut(strings.TrimPrefix(line, "export "), "=")
+		if !ok || strings.TrimSpace(key) == "" {
+			return nil, fmt.Errorf("line %d: want KEY=VALUE", n)
+		}
+		value = strings.TrimSpace(value)
+		if len(value) >= 2 && (value[0] == '"' || value[0] == '\'') && value[len(value)-1] == value[0] {
+			value = value[1 : len(value)-1]
+		}
+		values[strings.TrimSpace(key)] = value
+	}
+	return values, scanner.Err()
+}

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Prepares everything usermgmt needs on a Debian/Ubuntu machine and writes .env:
+#   - with DATABASE_URL set (in the environment or .env) it uses that database and installs nothing;
+#   - otherwise it installs PostgreSQL if missing, starts the local cluster, creates the role and
+#     database "usermgmt" (the role may create databases, which the tests need), and writes a
+#     .env with a random password and a random JWT secret.
+# Safe to run again: an existing .env is kept; missing keys are added.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+env_file=.env
+db_name=${USERMGMT_DB_NAME:-usermgmt}
+db_role=${USERMGMT_DB_ROLE:-usermgmt}
+
+# Marks a DATABASE_URL this script wrote, so that later runs start the local cluster again.
+managed_marker='# local database managed by scripts/setup.sh'
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+# as_root runs a command as root, through sudo when we are not root already.
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# as_postgres runs a command as the postgres OS user (the cluster's superuser).
+as_postgres() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi
+}
+
+random_secret() { head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c "$1"; }
+
+env_value() { # env_value KEY: the value of KEY in .env, empty when absent
+  [ -f "$env_file" ] || return 0
+  sed -n "s/^$1=//p" "$env_file" | tail -n 1
+}
+
+add_env() { # add_env KEY VALUE: appends KEY=VALUE to .env unless KEY is already there
+  if [ -z "$(env_value "$1")" ]; then
+    printf '%s=%s\n' "$1" "$2" >>"$env_file"
+    log "wrote $1 to $env_file"
+  fi
+}
+
+install_postgres() {
+  command -v pg_lsclusters >/dev/null && [ -n "$(pg_lsclusters -h 2>/dev/null)" ] && return 0
+  log "PostgreSQL not found: installing it with apt-get"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-contrib >/dev/null
+}
+
+# start_cluster starts the first local cluster if it is down and prints its port.
+start_cluster() {
+  local version name port status
+  read -r version name port status _ < <(pg_lsclusters -h | head -n 1)
+  if [ "$status" != online ]; then
+    log "starting PostgreSQL $version/$name"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" "$name" start
+  fi
+  for _ in $(seq 50); do
+    as_postgres psql -p "$port" -qAtc 'select 1' >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  echo "$port"
+}
+
+create_role_and_database() { # create_role_and_database PORT PASSWORD
+  local port=$1 password=$2
+  as_postgres psql -p "$port" -v ON_ERROR_STOP=1 -qAt \
+    -v role="$db_role" -v pw="$password" -v db="$db_name" >/dev/null <<'SQL'
+SELECT format('CREATE ROLE %I LOGIN CREATEDB', :'role')
+  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role') \gexec
+SELECT format('ALTER ROLE %I WITH LOGIN CREATEDB PASSWORD %L', :'role', :'pw') \gexec
+SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role')
+  WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'db') \gexec
+SQL
+}
+
+main() {
+  touch "$env_file"
+  chmod 600 "$env_file"
+  if [ -n "${DATABASE_URL:-}" ] || { [ -n "$(env_value DATABASE_URL)" ] && ! grep -q "^$managed_marker" "$env_file"; }; then
+    log "DATABASE_URL is set: using that database, installing nothing"
+  elif [ -n "$(env_value DATABASE_URL)" ]; then
+    install_postgres
+    start_cluster >/dev/null
+  else
+    install_postgres
+    local port password
+    port=$(start_cluster)
+    password=$(random_secret 32)
+    create_role_and_database "$port" "$password"
+    echo "$managed_marker" >>"$env_file"
+    add_env DATABASE_URL "postgres://$db_role:$password@localhost:$port/$db_name?sslmode=disable"
+  fi
+  add_env JWT_SECRET_KEY "$(random_secret 64)"
+  add_env MAIL_BACKEND dummy
+}
+
+main "$@"

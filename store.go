@@ -1,0 +1,458 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	_ "embed"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+//go:embed schema.sql
+var schemaSQL string
+
+// Advisory lock keys: one serialises schema changes between instances starting together, the
+// other serialises every change that could leave the service without an active admin.
+const (
+	schemaLockKey = 0x75736572_6d676d74 // "usermgmt"
+	adminLockKey  = 0x75736572_61646d6e // "useradmn"
+)
+
+// store owns the connection pool and every SQL statement of the service.
+type store struct {
+	pool *pgxpool.Pool
+	now  func() time.Time
+}
+
+// user is a row of the users table. The hash and token version never leave the server.
+type user struct {
+	ID           int64     `json:"id" db:"id"`
+	Username     string    `json:"username" db:"username"`
+	FirstName    string    `json:"first_name" db:"first_name"`
+	LastName     string    `json:"last_name" db:"last_name"`
+	Email        string    `json:"email" db:"email"`
+	Role         string    `json:"role" db:"role"`
+	IsActive     bool      `json:"is_active" db:"is_active"`
+	CreatedAt    time.Time `json:"created_at" db:"created_at"`
+	UpdatedAt    time.Time `json:"updated_at" db:"updated_at"`
+	PasswordHash string    `json:"-" db:"password_hash"`
+	TokenVersion int64     `json:"-" db:"token_version"`
+}
+
+const (
+	roleAdmin = "Admin"
+	roleUser  = "User"
+)
+
+const userColumns = `id, username, first_name, last_name, email, role, is_active,
+	created_at, updated_at, password_hash, token_version`
+
+// openStore connects to PostgreSQL and applies the schema, retrying while the database is
+// still starting (for up to wait).
+func openStore(ctx context.Context, databaseURL string, now func() time.Time, wait time.Duration) (*store, error) {
+	cfg, err := pgxpool.ParseConfig(databaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("parse DATABASE_URL: %w", err)
+	}
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		cfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	}
+	// Requests are short and CPU-bound on the server side: a few connections per core keep
+	// PostgreSQL busy without queueing inside it.
+	cfg.MaxConns = int32(max(4, 2*runtime.NumCPU()))
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open database: %w", err)
+	}
+	s := &store{pool: pool, now: now}
+	deadline := time.Now().Add(wait)
+	for {
+		err = s.applySchema(ctx)
+		if err == nil || !isUnavailable(err) || time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			err = ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+			continue
+		}
+		break
+	}
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *store) close() { s.pool.Close() }
+
+// applySchema runs schema.sql under an advisory lock so that instances starting together do
+// not race each other's CREATE statements.
+func (s *store) applySchema(ctx context.Context) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(schemaLockKey)); err != nil {
+			return fmt.Errorf("lock schema: %w", err)
+		}
+		if _, err := tx.Exec(ctx, schemaSQL); err != nil {
+			return fmt.Errorf("apply schema: %w", err)
+		}
+		return nil
+	})
+}
+
+// ping reports whether the database answers.
+func (s *store) ping(ctx context.Context) error {
+	_, err := s.pool.Exec(ctx, ";")
+	return err
+}
+
+// newUser holds the fields of a user to create.
+type newUser struct {
+	Username  string
+	FirstName string
+	LastName  string
+	Email     string
+}
+
+// createUser inserts a user and returns its id. A taken username or email is errConflict.
+func (s *store) createUser(ctx context.Context, u newUser, passwordHash, role string) (int64, error) {
+	return createUserIn(ctx, s.pool, u, passwordHash, role)
+}
+
+func createUserIn(ctx context.Context, db interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, u newUser, passwordHash, role string) (int64, error) {
+	var id int64
+	err := db.QueryRow(ctx, `INSERT INTO users (username, first_name, last_name, email, password_hash, role)
+		VALUES ($1, $2, $3, $4, $5, $6) RETURNING id`,
+		u.Username, u.FirstName, u.LastName, u.Email, passwordHash, role).Scan(&id)
+	if err != nil {
+		return 0, fmt.Errorf("create user: %w", uniqueViolation(err))
+	}
+	return id, nil
+}
+
+// createFirstAdmin creates an admin unless one exists already (errConflict). The advisory lock
+// keeps two concurrent runs from both succeeding.
+func (s *store) createFirstAdmin(ctx context.Context, u newUser, passwordHash string) (int64, error) {
+	var id int64
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(adminLockKey)); err != nil {
+			return err
+		}
+		var exists bool
+		if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM users WHERE role = 'Admin')").Scan(&exists); err != nil {
+			return err
+		}
+		if exists {
+			return fail(errConflict, "An admin already exists; manage users through the API")
+		}
+		var err error
+		id, err = createUserIn(ctx, tx, u, passwordHash, roleAdmin)
+		return err
+	})
+	return id, err
+}
+
+// userByID returns the user with the given id, or errNotFound.
+func (s *store) userByID(ctx context.Context, id int64) (user, error) {
+	return queryUser(ctx, s.pool, "SELECT "+userColumns+" FROM users WHERE id = $1", id)
+}
+
+// userByLogin finds a user by username or, when the login holds an '@', by email; both match
+// regardless of case. Usernames cannot contain '@', so the two never collide.
+func (s *store) userByLogin(ctx context.Context, login string) (user, error) {
+	column := "username"
+	if strings.Contains(login, "@") {
+		column = "email"
+	}
+	return queryUser(ctx, s.pool, "SELECT "+userColumns+" FROM users WHERE lower("+column+") = lower($1)", login)
+}
+
+func queryUser(ctx context.Context, db interface {
+	Query(context.Context, string, ...any) (pgx.Rows, error)
+}, sql string, args ...any) (user, error) {
+	rows, _ := db.Query(ctx, sql, args...)
+	u, err := pgx.CollectOneRow(rows, pgx.RowToStructByName[user])
+	if errors.Is(err, pgx.ErrNoRows) {
+		return u, errNotFound
+	}
+	if err != nil {
+		return u, fmt.Errorf("query user: %w", err)
+	}
+	u.CreatedAt, u.UpdatedAt = u.CreatedAt.UTC(), u.UpdatedAt.UTC()
+	return u, nil
+}
+
+// userPatch is a partial update; nil fields are left alone.
+type userPatch struct {
+	Username  *string `json:"username"`
+	FirstName *string `json:"first_name"`
+	LastName  *string `json:"last_name"`
+	Email     *string `json:"email"`
+	Role      *string `json:"role"`
+	IsActive  *bool   `json:"is_active"`
+}
+
+// updateUser applies a patch to user id on behalf of actor, enforcing authorizeUpdate inside
+// the transaction. A change of role or active state bumps the token version, which revokes
+// every access token the user holds.
+func (s *store) updateUser(ctx context.Context, actor user, id int64, p userPatch) (user, error) {
+	var updated user
+	err := s.adminChange(ctx, actor, id, func(tx pgx.Tx, target user) error {
+		if err := authorizeUpdate(actor, target, p); err != nil {
+			return err
+		}
+		if removesAdmin(target, p) {
+			if err := ensureAnotherAdmin(ctx, tx, target.ID); err != nil {
+				return err
+			}
+		}
+		var err error
+		updated, err = queryUser(ctx, tx, `UPDATE users SET
+				username = COALESCE($2, username),
+				first_name = COALESCE($3, first_name),
+				last_name = COALESCE($4, last_name),
+				email = COALESCE($5, email),
+				role = COALESCE($6, role),
+				is_active = COALESCE($7, is_active),
+				token_version = token_version +
+					CASE WHEN COALESCE($6, role) <> role OR COALESCE($7, is_active) <> is_active THEN 1 ELSE 0 END,
+				updated_at = now()
+			WHERE id = $1 RETURNING `+userColumns,
+			id, p.Username, p.FirstName, p.LastName, p.Email, p.Role, p.IsActive)
+		return uniqueViolation(err)
+	})
+	return updated, err
+}
+
+// deleteUser deletes user id on behalf of actor, enforcing authorizeDelete.
+func (s *store) deleteUser(ctx context.Context, actor user, id int64) error {
+	return s.adminChange(ctx, actor, id, func(tx pgx.Tx, target user) error {
+		if err := authorizeDelete(actor, target); err != nil {
+			return err
+		}
+		if target.Role == roleAdmin {
+			if err := ensureAnotherAdmin(ctx, tx, target.ID); err != nil {
+				return err
+			}
+		}
+		_, err := tx.Exec(ctx, "DELETE FROM users WHERE id = $1", id)
+		return err
+	})
+}
+
+// adminChange runs change in a transaction with the target row locked. When the actor is an
+// admin it first takes the admin lock, so that two admins demoting or deleting themselves at
+// once cannot both succeed and leave no admin.
+func (s *store) adminChange(ctx context.Context, actor user, id int64, change func(pgx.Tx, user) error) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if actor.Role == roleAdmin {
+			if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(adminLockKey)); err != nil {
+				return err
+			}
+		}
+		target, err := queryUser(ctx, tx, "SELECT "+userColumns+" FROM users WHERE id = $1 FOR UPDATE", id)
+		if err != nil {
+			return err
+		}
+		return change(tx, target)
+	})
+}
+
+// ensureAnotherAdmin returns errConflict unless an active admin other than id exists.
+func ensureAnotherAdmin(ctx context.Context, tx pgx.Tx, id int64) error {
+	var others bool
+	err := tx.QueryRow(ctx, `SELECT EXISTS (
+		SELECT 1 FROM users WHERE role = 'Admin' AND is_active AND id <> $1)`, id).Scan(&others)
+	if err != nil {
+		return err
+	}
+	if !others {
+		return fail(errConflict, "The last active admin cannot be removed, demoted or deactivated")
+	}
+	return nil
+}
+
+// userFilter selects and orders a page of the admin user list.
+type userFilter struct {
+	Query    string
+	Role     string
+	IsActive *bool
+	Sort     string // a key of sortColumns, with an optional "-" prefix for descending
+	Page     int
+	PerPage  int
+}
+
+var sortColumns = map[string]string{"id": "id", "username": "lower(username)", "email": "lower(email)", "created_at": "created_at"}
+
+// listUsers returns one page of users matching f and the number of users matching in all.
+func (s *store) listUsers(ctx context.Context, f userFilter) ([]user, int, error) {
+	where, args := f.where()
+	order, desc := strings.CutPrefix(f.Sort, "-")
+	direction := ""
+	if desc {
+		direction = " DESC"
+	}
+	// The sort column comes from a fixed map, never from the request text itself.
+	sql := "SELECT " + userColumns + ", count(*) OVER () AS total FROM users" + where +
+		" ORDER BY " + sortColumns[order] + direction + ", id" + direction +
+		fmt.Sprintf(" LIMIT %d OFFSET %d", f.PerPage, (f.Page-1)*f.PerPage)
+	rows, _ := s.pool.Query(ctx, sql, args...)
+	type row struct {
+		user
+		Total int `db:"total"`
+	}
+	page, err := pgx.CollectRows(rows, pgx.RowToStructByName[row])
+	if err != nil {
+		return nil, 0, fmt.Errorf("list users: %w", err)
+	}
+	users := make([]user, len(page))
+	for i, r := range page {
+		users[i] = r.user
+		users[i].CreatedAt, users[i].UpdatedAt = r.CreatedAt.UTC(), r.UpdatedAt.UTC()
+	}
+	if len(page) > 0 {
+		return users, page[0].Total, nil
+	}
+	// Past the last page the window count has no row to ride on: count separately.
+	var total int
+	if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM users"+where, args...).Scan(&total); err != nil {
+		return nil, 0, fmt.Errorf("count users: %w", err)
+	}
+	return users, total, nil
+}
+
+// where builds the WHERE clause of a user list. Only the present filters appear, so PostgreSQL
+// plans each shape on its own (a trigram index scan for a search, the primary key otherwise).
+func (f userFilter) where() (string, []any) {
+	var conds []string
+	var args []any
+	if f.Query != "" {
+		args = append(args, "%"+escapeLike(f.Query)+"%")
+		conds = append(conds, "(username ILIKE $1 OR email ILIKE $1 OR first_name ILIKE $1 OR last_name ILIKE $1)")
+	}
+	if f.Role != "" {
+		args = append(args, f.Role)
+		conds = append(conds, fmt.Sprintf("role = $%d", len(args)))
+	}
+	if f.IsActive != nil {
+		args = append(args, *f.IsActive)
+		conds = append(conds, fmt.Sprintf("is_active = $%d", len(args)))
+	}
+	if len(conds) == 0 {
+		return "", nil
+	}
+	return " WHERE " + strings.Join(conds, " AND "), args
+}
+
+// escapeLike makes a search text match literally inside a LIKE pattern.
+func escapeLike(s string) string {
+	return strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(s)
+}
+
+// createResetToken replaces any earlier reset token of the active user with this email by a
+// new one and returns it. Only its SHA-256 is stored. errNotFound when there is no such user.
+func (s *store) createResetToken(ctx context.Context, email string, ttl time.Duration) (string, user, error) {
+	token := randomToken()
+	var u user
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var err error
+		u, err = queryUser(ctx, tx, "SELECT "+userColumns+" FROM users WHERE lower(email) = lower($1) AND is_active FOR UPDATE", email)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, "DELETE FROM password_reset_tokens WHERE user_id = $1", u.ID); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, "INSERT INTO password_reset_tokens (token_hash, user_id, expires_at) VALUES ($1, $2, $3)",
+			hashToken(token), u.ID, s.now().Add(ttl))
+		return err
+	})
+	return token, u, err
+}
+
+// resetPassword consumes a reset token and sets the password to the hash newHash returns; it
+// is called only for a good token, so bad tokens cost no bcrypt work. A token works once; an
+// unknown or expired one is errInvalid. Bumping the token version revokes every access token
+// of the user.
+func (s *store) resetPassword(ctx context.Context, token string, newHash func() (string, error)) error {
+	invalid := fail(errInvalid, "Invalid or expired reset token")
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var userID int64
+		var expiresAt time.Time
+		err := tx.QueryRow(ctx, "DELETE FROM password_reset_tokens WHERE token_hash = $1 RETURNING user_id, expires_at",
+			hashToken(token)).Scan(&userID, &expiresAt)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return invalid
+		}
+		if err != nil {
+			return fmt.Errorf("consume reset token: %w", err)
+		}
+		if !s.now().Before(expiresAt) {
+			return invalid
+		}
+		passwordHash, err := newHash()
+		if err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, `UPDATE users SET password_hash = $2, token_version = token_version + 1,
+			updated_at = now() WHERE id = $1 AND is_active`, userID, passwordHash)
+		if err != nil {
+			return fmt.Errorf("reset password: %w", err)
+		}
+		if tag.RowsAffected() == 0 {
+			return invalid // the account was deactivated after the token was issued
+		}
+		return nil
+	})
+}
+
+// changePassword sets a new password hash, revoking every earlier access token, and returns
+// the new token version.
+func (s *store) changePassword(ctx context.Context, id int64, passwordHash string) (int64, error) {
+	var version int64
+	err := s.pool.QueryRow(ctx, `UPDATE users SET password_hash = $2, token_version = token_version + 1,
+		updated_at = now() WHERE id = $1 RETURNING token_version`, id, passwordHash).Scan(&version)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, errNotFound
+	}
+	return version, err
+}
+
+// uniqueViolation turns a unique-index violation into a conflict naming the field.
+func uniqueViolation(err error) error {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "23505" {
+		return err
+	}
+	field := "username"
+	if strings.Contains(pgErr.ConstraintName, "email") {
+		field = "email"
+	}
+	return &clientError{kind: errConflict, message: strings.ToUpper(field[:1]) + field[1:] + " already exists",
+		fields: map[string]string{field: "already taken"}}
+}
+
+// randomToken returns 256 random bits, base64url-encoded (43 characters).
+func randomToken() string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails on supported platforms
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func hashToken(token string) []byte {
+	sum := sha256.Sum256([]byte(token))
+	return sum[:]
+}

@@ -1,0 +1,255 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+)
+
+// Handlers for profiles and the admin user list, and the permission rules they enforce.
+
+func handleMe() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, currentUser(r.Context()))
+	})
+}
+
+func handleGetUser(st *store, logger *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, err := targetID(r)
+		var u user
+		if err == nil {
+			u, err = st.userByID(r.Context(), id)
+		}
+		if err != nil {
+			writeError(w, r, logger, userNotFound(err))
+			return
+		}
+		writeJSON(w, http.StatusOK, u)
+	})
+}
+
+func (p *userPatch) valid() map[string]string {
+	problems := map[string]string{}
+	if p.Username != nil {
+		check(problems, "username", usernameProblem(*p.Username))
+	}
+	if p.FirstName != nil {
+		check(problems, "first_name", nameProblem(*p.FirstName))
+	}
+	if p.LastName != nil {
+		check(problems, "last_name", nameProblem(*p.LastName))
+	}
+	if p.Email != nil {
+		check(problems, "email", emailProblem(*p.Email))
+	}
+	if p.Role != nil {
+		role, ok := parseRole(*p.Role)
+		if !ok {
+			problems["role"] = "must be Admin or User"
+		}
+		p.Role = &role
+	}
+	if *p == (userPatch{}) && len(problems) == 0 {
+		problems["body"] = "must set at least one field"
+	}
+	return problems
+}
+
+// parseRole accepts a role name in any case and returns its canonical spelling.
+func parseRole(s string) (string, bool) {
+	switch strings.ToLower(s) {
+	case "admin":
+		return roleAdmin, true
+	case "user":
+		return roleUser, true
+	}
+	return s, false
+}
+
+func handleUpdateUser(st *store, logger *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, err := targetID(r)
+		var patch userPatch
+		if err == nil {
+			patch, err = decode[userPatch](w, r)
+		}
+		if err == nil {
+			err = invalidFields(patch.valid())
+		}
+		var u user
+		if err == nil {
+			u, err = st.updateUser(r.Context(), currentUser(r.Context()), id, patch)
+		}
+		if err != nil {
+			writeError(w, r, logger, userNotFound(err))
+			return
+		}
+		writeJSON(w, http.StatusOK, u)
+	})
+}
+
+func handleDeleteUser(st *store, logger *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, err := targetID(r)
+		if err == nil {
+			err = st.deleteUser(r.Context(), currentUser(r.Context()), id)
+		}
+		if err != nil {
+			writeError(w, r, logger, userNotFound(err))
+			return
+		}
+		writeJSON(w, http.StatusOK, message{"User deleted successfully"})
+	})
+}
+
+// targetID parses the {id} of the path. A user who is not an admin may address only
+// themself: any other id is 403 whether or not it exists, so ids cannot be probed.
+func targetID(r *http.Request) (int64, error) {
+	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
+	if err != nil || id <= 0 {
+		return 0, fail(errInvalid, "User id must be a positive integer")
+	}
+	if me := currentUser(r.Context()); me.Role != roleAdmin && me.ID != id {
+		return 0, fail(errForbidden, "You may only access your own account")
+	}
+	return id, nil
+}
+
+// userNotFound gives a missing user its message.
+func userNotFound(err error) error {
+	if errors.Is(err, errNotFound) {
+		return fail(errNotFound, "User not found")
+	}
+	return err
+}
+
+// authorizeUpdate holds the rules for changing a user: users change only their own profile
+// and never their own role or active state; admins change any non-admin and themself, never
+// another admin. (Whether an admin may demote themself depends on the other admins: see
+// store.updateUser.)
+func authorizeUpdate(actor, target user, p userPatch) error {
+	changesAccess := p.Role != nil && *p.Role != target.Role || p.IsActive != nil && *p.IsActive != target.IsActive
+	switch {
+	case actor.ID == target.ID && actor.Role != roleAdmin && changesAccess:
+		return fail(errForbidden, "You cannot change your own role or active state")
+	case actor.ID != target.ID && actor.Role != roleAdmin:
+		return fail(errForbidden, "You may only access your own account")
+	case actor.ID != target.ID && target.Role == roleAdmin:
+		return fail(errForbidden, "Admins cannot modify other admins")
+	}
+	return nil
+}
+
+// authorizeDelete: only admins delete, and never another admin.
+func authorizeDelete(actor, target user) error {
+	switch {
+	case actor.Role != roleAdmin:
+		return fail(errForbidden, "Admin privileges required")
+	case actor.ID != target.ID && target.Role == roleAdmin:
+		return fail(errForbidden, "Admins cannot delete other admins")
+	}
+	return nil
+}
+
+// removesAdmin reports whether the patch takes an active admin out of the set of active admins.
+func removesAdmin(target user, p userPatch) bool {
+	return target.Role == roleAdmin && target.IsActive &&
+		(p.Role != nil && *p.Role != roleAdmin || p.IsActive != nil && !*p.IsActive)
+}
+
+const (
+	defaultPerPage = 50
+	maxPerPage     = 200
+)
+
+func handleListUsers(st *store, logger *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f, err := parseUserFilter(r.URL.Query())
+		var users []user
+		var total int
+		if err == nil {
+			users, total, err = st.listUsers(r.Context(), f)
+		}
+		if err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
+		w.Header().Set("X-Total-Count", strconv.Itoa(total))
+		w.Header().Set("Link", pageLinks(r.URL, f.Page, f.PerPage, total))
+		writeJSON(w, http.StatusOK, users)
+	})
+}
+
+// parseUserFilter reads the list's query parameters, naming every bad one.
+func parseUserFilter(q url.Values) (userFilter, error) {
+	f := userFilter{Page: 1, PerPage: defaultPerPage, Sort: "id"}
+	problems := map[string]string{}
+	for name, values := range q {
+		value := values[0]
+		switch {
+		case len(values) > 1:
+			problems[name] = "must be given once"
+		case name == "page":
+			f.Page = parseBounded(problems, name, value, 1, 1<<31)
+		case name == "per_page":
+			f.PerPage = parseBounded(problems, name, value, 1, maxPerPage)
+		case name == "q":
+			f.Query = value
+			if len(value) > 254 {
+				problems[name] = "must be at most 254 characters"
+			}
+		case name == "role":
+			role, ok := parseRole(value)
+			f.Role = role
+			if !ok {
+				problems[name] = "must be Admin or User"
+			}
+		case name == "is_active":
+			active, err := strconv.ParseBool(value)
+			f.IsActive = &active
+			if err != nil {
+				problems[name] = "must be true or false"
+			}
+		case name == "sort":
+			f.Sort = value
+			if _, ok := sortColumns[strings.TrimPrefix(value, "-")]; !ok {
+				problems[name] = "must be one of id, username, email, created_at, optionally prefixed by -"
+			}
+		default:
+			problems[name] = "unknown parameter"
+		}
+	}
+	return f, invalidFields(problems)
+}
+
+func parseBounded(problems map[string]string, name, value string, min, max int) int {
+	n, err := strconv.Atoi(value)
+	if err != nil || n < min || n > max {
+		problems[name] = fmt.Sprintf("must be an integer from %d to %d", min, max)
+	}
+	return n
+}
+
+// pageLinks builds an RFC 8288 Link header with first, prev, next and last pages.
+func pageLinks(u *url.URL, page, perPage, total int) string {
+	last := max(1, (total+perPage-1)/perPage)
+	link := func(p int, rel string) string {
+		q := u.Query()
+		q.Set("page", strconv.Itoa(p))
+		q.Set("per_page", strconv.Itoa(perPage))
+		return fmt.Sprintf(`<%s?%s>; rel="%s"`, u.Path, q.Encode(), rel)
+	}
+	links := []string{link(1, "first")}
+	if page > 1 {
+		links = append(links, link(min(page-1, last), "prev"))
+	}
+	if page < last {
+		links = append(links, link(page+1, "next"))
+	}
+	return strings.Join(append(links, link(last, "last")), ", ")
+}

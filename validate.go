@@ -1,0 +1,71 @@
+package main
+
+import (
+	"fmt"
+	"net/mail"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Field rules shared by registration, profile updates and the first-admin command. Each
+// returns "" for a good value and otherwise the reason, worded to follow the field name.
+
+// check records problem under field when there is one, and returns problems.
+func check(problems map[string]string, field, problem string) map[string]string {
+	if problem != "" {
+		problems[field] = problem
+	}
+	return problems
+}
+
+func usernameProblem(s string) string {
+	if n := len(s); n < 3 || n > 80 {
+		return "must be 3 to 80 characters"
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-') {
+			return "may contain only letters, digits, '_', '.' and '-'"
+		}
+	}
+	return ""
+}
+
+func nameProblem(s string) string {
+	if n := utf8.RuneCountInString(s); n < 1 || n > 80 {
+		return "must be 1 to 80 characters"
+	}
+	if !utf8.ValidString(s) || strings.IndexFunc(s, unicode.IsControl) >= 0 {
+		return "must not contain control characters"
+	}
+	if strings.TrimSpace(s) == "" {
+		return "must not be blank"
+	}
+	return ""
+}
+
+func emailProblem(s string) string {
+	if s == "" {
+		return "is required"
+	}
+	if len(s) > 254 {
+		return "must be at most 254 characters"
+	}
+	// A bare address only: no display name, comments or surrounding spaces.
+	addr, err := mail.ParseAddress(s)
+	if err != nil || addr.Address != s || strings.IndexFunc(s, unicode.IsControl) >= 0 {
+		return "must be a valid email address"
+	}
+	return ""
+}
+
+func passwordProblem(s string, minLength int) string {
+	if utf8.RuneCountInString(s) < minLength {
+		return fmt.Sprintf("must be at least %d characters", minLength)
+	}
+	// bcrypt ignores everything after 72 bytes; refusing longer passwords keeps that honest.
+	if len(s) > 72 {
+		return "must be at most 72 bytes"
+	}
+	return ""
+}
