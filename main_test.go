@@ -1,0 +1,276 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// The test harness: every test gets its own PostgreSQL database, a clock it controls and a
+// server built by newServer, talking real HTTP over a socket.
+
+const testPassword = "password123"
+
+// adminDatabaseURL is the database the tests connect to in order to create their own: the
+// DATABASE_URL of the environment or of .env, as written by `make test`.
+func adminDatabaseURL(t testing.TB) string {
+	t.Helper()
+	getenv, err := withEnvFile(os.Getenv, ".env")
+	if err != nil {
+		t.Fatalf("reading .env: %v", err)
+	}
+	u := getenv("DATABASE_URL")
+	if u == "" {
+		t.Fatal("no DATABASE_URL in the environment or .env: run `make test`, which starts PostgreSQL and writes .env, " +
+			"or set DATABASE_URL to a PostgreSQL database whose role may CREATE DATABASE")
+	}
+	return u
+}
+
+// newTestDatabase creates an empty database for one test, dropped when the test ends, and
+// returns its URL.
+func newTestDatabase(t testing.TB) string {
+	t.Helper()
+	ctx := context.Background()
+	adminURL := adminDatabaseURL(t)
+	conn, err := pgx.Connect(ctx, adminURL)
+	if err != nil {
+		t.Fatalf("connecting to DATABASE_URL: %v (run `make test`, which starts PostgreSQL)", err)
+	}
+	defer conn.Close(ctx)
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	name := "test_" + hex.EncodeToString(b)
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatalf("creating test database (the role of DATABASE_URL needs CREATEDB): %v", err)
+	}
+	t.Cleanup(func() {
+		conn, err := pgx.Connect(ctx, adminURL)
+		if err != nil {
+			t.Errorf("dropping %s: %v", name, err)
+			return
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+			t.Errorf("dropping %s: %v", name, err)
+		}
+	})
+	u, err := url.Parse(adminURL)
+	if err != nil {
+		t.Fatalf("parsing DATABASE_URL: %v", err)
+	}
+	u.Path = "/" + name
+	return u.String()
+}
+
+// testClock is a clock the test moves by hand.
+type testClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *testClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// syncBuffer is a bytes.Buffer safe for the server's goroutines to log into.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// testConfig is a valid configuration with a cheap bcrypt cost.
+func testConfig(databaseURL string) config {
+	return config{
+		databaseURL:       databaseURL,
+		jwtSecret:         []byte("test-secret-test-secret-test-secret-0123"),
+		accessTTL:         time.Hour,
+		addr:              "127.0.0.1:0",
+		bcryptCost:        4,
+		passwordMinLength: 8,
+		resetTTL:          time.Hour,
+		publicURL:         "http://usermgmt.test",
+		mail:              mailConfig{backend: mailDummy, sender: "usermgmt@example.com", timeout: 5 * time.Second},
+	}
+}
+
+// testEnv is one running service with its own database.
+type testEnv struct {
+	cfg    config
+	st     *store
+	clock  *testClock
+	logs   *syncBuffer
+	mail   *mailer
+	server *httptest.Server
+}
+
+// newTestEnv starts a service on a fresh database; change may adjust the configuration.
+func newTestEnv(t testing.TB, change ...func(*config)) *testEnv {
+	t.Helper()
+	cfg := testConfig(newTestDatabase(t))
+	for _, c := range change {
+		c(&cfg)
+	}
+	clock := &testClock{now: time.Now().UTC().Truncate(time.Second)}
+	st, err := openStore(context.Background(), cfg.databaseURL, clock.Now, 5*time.Second)
+	if err != nil {
+		t.Fatalf("opening store: %v", err)
+	}
+	logs := &syncBuffer{}
+	logger := slog.New(slog.NewTextHandler(logs, nil))
+	mail := newMailer(cfg.mail, logger)
+	env := &testEnv{cfg: cfg, st: st, clock: clock, logs: logs, mail: mail}
+	env.server = httptest.NewServer(newServer(cfg, st, mail, logger))
+	t.Cleanup(func() {
+		env.server.Close()
+		mail.wait()
+		st.close()
+	})
+	return env
+}
+
+// response is a reply as a test sees it.
+type response struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+// json decodes the body into a map; it fails the test when the body is not a JSON object.
+func (r response) json(t testing.TB) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(r.body, &m); err != nil {
+		t.Fatalf("body is not a JSON object: %v: %s", err, r.body)
+	}
+	return m
+}
+
+// message returns the "message" of a JSON reply.
+func (r response) message(t testing.TB) string {
+	t.Helper()
+	msg, _ := r.json(t)["message"].(string)
+	return msg
+}
+
+// do sends a request. body may be nil, a string or []byte (sent as is), or any other value
+// (sent as JSON); token, when set, is sent as a bearer token.
+func (e *testEnv) do(t testing.TB, method, path, token string, body any) response {
+	t.Helper()
+	var reader io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		reader = strings.NewReader(b)
+	case []byte:
+		reader = bytes.NewReader(b)
+	default:
+		raw, err := json.Marshal(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reader = bytes.NewReader(raw)
+	}
+	req, err := http.NewRequest(method, e.server.URL+path, reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	return send(t, req)
+}
+
+func send(t testing.TB, req *http.Request) response {
+	t.Helper()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", req.Method, req.URL.Path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return response{status: resp.StatusCode, header: resp.Header, body: body}
+}
+
+// expect fails the test unless the reply has the given status.
+func (r response) expect(t testing.TB, status int) response {
+	t.Helper()
+	if r.status != status {
+		t.Fatalf("status %d, want %d; body: %s", r.status, status, r.body)
+	}
+	return r
+}
+
+// addUser creates an active user with testPassword straight through the store.
+func (e *testEnv) addUser(t testing.TB, username, role string) user {
+	t.Helper()
+	hash, err := newHasher(e.cfg.bcryptCost).hash(testPassword)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := e.st.createUser(context.Background(), newUser{
+		Username: username, FirstName: "First " + username, LastName: "Last", Email: username + "@example.com",
+	}, hash, role)
+	if err != nil {
+		t.Fatalf("adding user %s: %v", username, err)
+	}
+	u, err := e.st.userByID(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// login logs in through the API and returns the access token.
+func (e *testEnv) login(t testing.TB, username, password string) string {
+	t.Helper()
+	r := e.do(t, "POST", "/api/auth/login", "", map[string]string{"username": username, "password": password})
+	r.expect(t, http.StatusOK)
+	token, _ := r.json(t)["access_token"].(string)
+	return token
+}
+
+// tokenFor signs an access token for u as login would, without the bcrypt work.
+func (e *testEnv) tokenFor(u user) string {
+	return signToken(e.cfg.jwtSecret, u.ID, u.TokenVersion, e.clock.Now(), e.cfg.accessTTL)
+}
