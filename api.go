@@ -118,10 +118,11 @@ func isUnavailable(err error) bool {
 		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, context.DeadlineExceeded):
 		return true
 	case errors.As(err, &pgErr):
-		// Class 08 is connection exceptions; 57P01-57P03 are shutdowns and "cannot connect now".
-		return strings.HasPrefix(pgErr.Code, "08") || slices.Contains([]string{"57P01", "57P02", "57P03"}, pgErr.Code)
+		// Class 08 is connection exceptions; 53300 too many connections; 57P01-57P03 are
+		// shutdowns and "cannot connect now".
+		return strings.HasPrefix(pgErr.Code, "08") || slices.Contains([]string{"53300", "57P01", "57P02", "57P03"}, pgErr.Code)
 	}
-	return strings.Contains(err.Error(), "conn closed") || strings.Contains(err.Error(), "closed pool")
+	return false
 }
 
 // writeJSON writes v as the JSON response body with the given status.

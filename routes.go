@@ -9,7 +9,7 @@ import (
 func newServer(cfg config, st *store, mail *mailer, logger *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	addRoutes(mux, cfg, st, mail, logger)
-	return logRequests(logger, secureHeaders(jsonMuxErrors(mux)))
+	return withDeadline(logRequests(logger, secureHeaders(jsonMuxErrors(mux))))
 }
 
 // addRoutes lists the whole API and what guards each route.

@@ -1,0 +1,151 @@
+
+package main
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"testing"
+	"time"
+)
+
+// tcpProxy stands between the service and PostgreSQL so a test can cut the database off (every
+// connection dropped, new ones refused) and bring it back, as a crash or restart would.
+type tcpProxy struct {
+	target string
+	addr   string
+	mu     sync.Mutex
+	ln     net.Listener
+	conns  []net.Conn
+}
+
+func startProxy(t *testing.T, target string) *tcpProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &tcpProxy{target: target, addr: ln.Addr().String()}
+	p.serve(ln)
+	t.Cleanup(p.stop)
+	return p
+}
+
+func (p *tcpProxy) serve(ln net.Listener) {
+	p.mu.Lock()
+	p.ln = ln
+	p.mu.Unlock()
+	go func() {
+		for {
+			client, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			server, err := net.Dial("tcp", p.target)
+			if err != nil {
+				client.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, client, server)
+			p.mu.Unlock()
+			go func() { _, _ = io.Copy(server, client); server.Close() }()
+			go func() { _, _ = io.Copy(client, server); client.Close() }()
+		}
+	}()
+}
+
+// stop refuses new connections and breaks every open one.
+func (p *tcpProxy) stop() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ln != nil {
+		p.ln.Close()
+		p.ln = nil
+	}
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// restart accepts connections again on the same address.
+func (p *tcpProxy) restart(t *testing.T) {
+	t.Helper()
+	ln, err := net.Listen("tcp", p.addr)
+	if err != nil {
+		t.Fatalf("proxy relisten: %v", err)
+	}
+	p.serve(ln)
+}
+
+// proxiedEnv starts a service whose database connections go through a tcpProxy.
+func proxiedEnv(t *testing.T) (*testEnv, *tcpProxy) {
+	t.Helper()
+	direct, err := url.Parse(newTestDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := startProxy(t, direct.Host)
+	proxied := *direct
+	proxied.Host = proxy.addr
+	env := newTestEnv(t, func(c *config) { c.databaseURL = proxied.String() })
+	return env, proxy
+}
+
+func TestDatabaseOutageGives503AndRecovers(t *testing.T) {
+	t.Parallel()
+	env, proxy := proxiedEnv(t)
+	alice := env.addUser(t, "alice", roleUser)
+	token := env.tokenFor(alice)
+	env.do(t, "GET", "/api/users/me", token, nil).expect(t, http.StatusOK)
+
+	proxy.stop()
+	requests := []struct {
+		method, path, token string
+		body                any
+	}{
+		{"GET", "/api/users/me", token, nil},
+		{"GET", "/api/users/me", token, nil}, // a second time: the pool now has no connection at all
+		{"POST", "/api/auth/login", "", map[string]string{"username": "alice", "password": testPassword}},
+		{"POST", "/api/auth/register", "", map[string]string{"username": "bob", "first_name": "B", "last_name": "B",
+			"email": "bob@example.com", "password": testPassword}},
+		{"POST", "/api/auth/password-reset-request", "", map[string]string{"email": "alice@example.com"}},
+	}
+	for _, rq := range requests {
+		r := env.do(t, rq.method, rq.path, rq.token, rq.body)
+		if r.status != http.StatusServiceUnavailable || r.message(t) == "" || r.header.Get("Retry-After") == "" {
+			t.Errorf("%s %s with the database down: %d %s (Retry-After %q), want 503 with a message and Retry-After",
+				rq.method, rq.path, r.status, r.body, r.header.Get("Retry-After"))
+		}
+	}
+	health := env.do(t, "GET", "/healthz", "", nil).expect(t, http.StatusServiceUnavailable)
+	if got := health.json(t)["status"]; got != "unavailable" {
+		t.Errorf("healthz status %q, want unavailable", got)
+	}
+
+	proxy.restart(t)
+	waitFor(t, "the service to recover", func() bool {
+		return env.do(t, "GET", "/healthz", "", nil).status == http.StatusOK
+	})
+	env.do(t, "GET", "/api/users/me", token, nil).expect(t, http.StatusOK)
+	env.login(t, "alice", testPassword)
+}
+
+// waitFor polls cond until it holds, failing the test after a generous deadline. It measures
+// nothing: the deadline only stops a broken test from hanging.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("timed out waiting for %s", what)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
