@@ -45,7 +45,7 @@ func runCreateAdmin(ctx context.Context, cfg config, st *store, admin newUser, s
 	if problems := req.valid(cfg.passwordMinLength); len(problems) > 0 {
 		return fmt.Errorf("create admin: %s", describeProblems(problems))
 	}
-	hash, err := newHasher(cfg.bcryptCost).hash(password)
+	hash, err := newHasher(cfg.bcryptCost, 1).hash(ctx, password)
 	if err != nil {
 		return fmt.Errorf("create admin: %w", err)
 	}

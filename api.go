@@ -28,7 +28,9 @@ var (
 	errConflict        = errors.New("conflict")
 	errTooLarge        = errors.New("request body too large")
 	errUnsupportedType = errors.New("unsupported media type")
+	errTooMany         = errors.New("too many requests")
 	errUnavailable     = errors.New("service unavailable")
+	errBusy            = errors.New("server busy")
 )
 
 var errorStatuses = []struct {
@@ -43,7 +45,9 @@ var errorStatuses = []struct {
 	{errConflict, http.StatusConflict, "Conflict"},
 	{errTooLarge, http.StatusRequestEntityTooLarge, "Request body must not exceed 64 KiB"},
 	{errUnsupportedType, http.StatusUnsupportedMediaType, "Content-Type must be application/json"},
+	{errTooMany, http.StatusTooManyRequests, "Too many requests"},
 	{errUnavailable, http.StatusServiceUnavailable, "Service temporarily unavailable, try again shortly"},
+	{errBusy, http.StatusServiceUnavailable, "Server busy, try again shortly"},
 }
 
 // clientError is an error whose message is meant for the client.
@@ -98,8 +102,10 @@ func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err
 		logger.ErrorContext(r.Context(), "internal error", "err", err)
 	case http.StatusUnauthorized:
 		w.Header().Set("WWW-Authenticate", `Bearer realm="usermgmt"`)
-	case http.StatusServiceUnavailable:
-		w.Header().Set("Retry-After", "5")
+	case http.StatusServiceUnavailable, http.StatusTooManyRequests:
+		if w.Header().Get("Retry-After") == "" {
+			w.Header().Set("Retry-After", "5")
+		}
 	}
 	writeJSON(w, status, body)
 }

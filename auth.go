@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/crypto/bcrypt"
 )
@@ -42,7 +43,7 @@ func handleRegister(cfg config, st *store, pw *hasher, logger *slog.Logger) http
 			writeError(w, r, logger, err)
 			return
 		}
-		hash, err := pw.hash(req.Password)
+		hash, err := pw.hash(r.Context(), req.Password)
 		if err != nil {
 			writeError(w, r, logger, err)
 			return
@@ -76,13 +77,22 @@ func (r loginRequest) valid() map[string]string {
 }
 
 type tokenResponse struct {
-	AccessToken string `json:"access_token"`
-	TokenType   string `json:"token_type"`
-	ExpiresIn   int    `json:"expires_in"`
+	AccessToken  string `json:"access_token"`
+	TokenType    string `json:"token_type"`
+	ExpiresIn    int    `json:"expires_in"`
+	RefreshToken string `json:"refresh_token"`
+}
+
+func newTokenResponse(cfg config, st *store, u user, sessionID int64, refreshToken string) tokenResponse {
+	return tokenResponse{
+		AccessToken:  signToken(cfg.keys, u.ID, u.TokenVersion, sessionID, st.now(), cfg.accessTTL),
+		TokenType:    "Bearer",
+		ExpiresIn:    int(cfg.accessTTL.Seconds()),
+		RefreshToken: refreshToken,
+	}
 }
 
 func handleLogin(cfg config, st *store, pw *hasher, logger *slog.Logger) http.Handler {
-	invalid := fail(errUnauthorized, "Invalid credentials")
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		req, err := decode[loginRequest](w, r)
 		if err == nil {
@@ -92,27 +102,70 @@ func handleLogin(cfg config, st *store, pw *hasher, logger *slog.Logger) http.Ha
 			writeError(w, r, logger, err)
 			return
 		}
-		u, err := st.userByLogin(r.Context(), req.Username)
-		if err != nil && !errors.Is(err, errNotFound) {
+		resp, err := login(r.Context(), cfg, st, pw, req)
+		var locked lockedError
+		if errors.As(err, &locked) {
+			w.Header().Set("Retry-After", retryAfterSeconds(locked.until.Sub(st.now())))
+		}
+		if err != nil {
 			writeError(w, r, logger, err)
 			return
 		}
-		// An unknown user still costs one bcrypt comparison, so response times do not tell
-		// which usernames exist.
-		hash := u.PasswordHash
-		if err != nil {
-			hash = pw.dummy()
-		}
-		if !pw.matches(hash, req.Password) || err != nil || !u.IsActive {
-			writeError(w, r, logger, invalid)
-			return
-		}
-		writeJSON(w, http.StatusOK, tokenResponse{
-			AccessToken: signToken(cfg.jwtSecret, u.ID, u.TokenVersion, st.now(), cfg.accessTTL),
-			TokenType:   "Bearer",
-			ExpiresIn:   int(cfg.accessTTL.Seconds()),
-		})
+		writeJSON(w, http.StatusOK, resp)
 	})
+}
+
+// lockedError refuses a login while its account and address are locked out.
+type lockedError struct{ until time.Time }
+
+func (lockedError) Error() string { return "Too many failed logins; try again later" }
+func (lockedError) Unwrap() error { return errTooMany }
+
+// login checks the lockout and the credentials, then opens a session. Every failure looks the
+// same to the client.
+func login(ctx context.Context, cfg config, st *store, pw *hasher, req loginRequest) (tokenResponse, error) {
+	key := strings.ToLower(req.Username)
+	until, err := st.loginLockedUntil(ctx, key, originOf(ctx).ip)
+	if err != nil {
+		return tokenResponse{}, err
+	}
+	if st.now().Before(until) {
+		return tokenResponse{}, lockedError{until}
+	}
+	u, err := st.userByLogin(ctx, req.Username)
+	if err != nil && !errors.Is(err, errNotFound) {
+		return tokenResponse{}, err
+	}
+	known := err == nil
+	// An unknown user still costs one bcrypt comparison, so response times do not tell
+	// which usernames exist.
+	hash := u.PasswordHash
+	if !known {
+		hash = pw.dummy()
+	}
+	matches, err := pw.matches(ctx, hash, req.Password)
+	if err != nil {
+		return tokenResponse{}, err
+	}
+	if !matches || !known || !u.IsActive {
+		if err := st.recordLoginFailure(ctx, key, u.ID, cfg.loginMaxFailures); err != nil {
+			return tokenResponse{}, err
+		}
+		return tokenResponse{}, fail(errUnauthorized, "Invalid credentials")
+	}
+	// A hash made at another cost (BCRYPT_COST changed since) is replaced while the password
+	// is at hand.
+	var rehash string
+	if cost, err := bcrypt.Cost([]byte(hash)); err == nil && cost != cfg.bcryptCost {
+		if rehash, err = pw.hash(ctx, req.Password); err != nil {
+			return tokenResponse{}, err
+		}
+	}
+	sessionID, refreshToken, err := st.startSession(ctx, u, key, rehash, cfg.refreshTTL)
+	if err != nil {
+		return tokenResponse{}, err
+	}
+	return newTokenResponse(cfg, st, u, sessionID, refreshToken), nil
 }
 
 type resetRequest struct {
@@ -132,8 +185,8 @@ func handlePasswordResetRequest(cfg config, st *store, mail *mailer, logger *slo
 			return
 		}
 		token, u, err := st.createResetToken(r.Context(), req.Email, cfg.resetTTL)
-		if errors.Is(err, errNotFound) {
-			// The same reply whether or not the account exists: no user enumeration.
+		if errors.Is(err, errNotFound) || errors.Is(err, errResetCapped) {
+			// The same reply whether or not the account exists or was capped: no user enumeration.
 			writeJSON(w, http.StatusOK, message{resetRequestReply})
 			return
 		}
@@ -165,7 +218,7 @@ func handleResetPassword(cfg config, st *store, pw *hasher, logger *slog.Logger)
 		}
 		if err == nil {
 			err = st.resetPassword(r.Context(), r.PathValue("token"), func() (string, error) {
-				return pw.hash(req.NewPassword)
+				return pw.hash(r.Context(), req.NewPassword)
 			})
 		}
 		if err != nil {
@@ -192,21 +245,25 @@ func (r changePasswordRequest) valid(passwordMinLength int) map[string]string {
 
 func handleChangePassword(cfg config, st *store, pw *hasher, logger *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		me := currentUser(r.Context())
+		me, sessionID := currentUser(r.Context()), currentSession(r.Context())
 		req, err := decode[changePasswordRequest](w, r)
 		if err == nil {
 			err = invalidFields(req.valid(cfg.passwordMinLength))
 		}
-		if err == nil && !pw.matches(me.PasswordHash, req.CurrentPassword) {
+		var matches bool
+		if err == nil {
+			matches, err = pw.matches(r.Context(), me.PasswordHash, req.CurrentPassword)
+		}
+		if err == nil && !matches {
 			err = fail(errInvalid, "Current password is incorrect")
 		}
 		var hash string
 		if err == nil {
-			hash, err = pw.hash(req.NewPassword)
+			hash, err = pw.hash(r.Context(), req.NewPassword)
 		}
 		var version int64
 		if err == nil {
-			version, err = st.changePassword(r.Context(), me.ID, hash)
+			version, err = st.changePassword(r.Context(), me.ID, hash, sessionID)
 		}
 		if err != nil {
 			writeError(w, r, logger, err)
@@ -215,16 +272,28 @@ func handleChangePassword(cfg config, st *store, pw *hasher, logger *slog.Logger
 		writeJSON(w, http.StatusOK, struct {
 			Message     string `json:"message"`
 			AccessToken string `json:"access_token"`
-		}{"Password changed successfully", signToken(cfg.jwtSecret, me.ID, version, st.now(), cfg.accessTTL)})
+		}{"Password changed successfully", signToken(cfg.keys, me.ID, version, sessionID, st.now(), cfg.accessTTL)})
 	})
 }
 
-type userKey struct{}
+type principalKey struct{}
+
+// principal is who an authenticated request acts as: the user and the session of its token.
+type principal struct {
+	user      user
+	sessionID int64
+}
 
 // currentUser returns the user requireAuth authenticated.
 func currentUser(ctx context.Context) user {
-	u, _ := ctx.Value(userKey{}).(user)
-	return u
+	p, _ := ctx.Value(principalKey{}).(principal)
+	return p.user
+}
+
+// currentSession returns the session of the request's access token.
+func currentSession(ctx context.Context) int64 {
+	p, _ := ctx.Value(principalKey{}).(principal)
+	return p.sessionID
 }
 
 // requireAuth admits a request only with a valid, unexpired, unrevoked bearer token of an
@@ -232,46 +301,46 @@ func currentUser(ctx context.Context) user {
 func requireAuth(cfg config, st *store, logger *slog.Logger) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			u, err := authenticate(r, cfg, st)
+			p, err := authenticate(r, cfg, st)
 			if err != nil {
 				writeError(w, r, logger, err)
 				return
 			}
-			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), userKey{}, u)))
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
 		})
 	}
 }
 
-func authenticate(r *http.Request, cfg config, st *store) (user, error) {
+func authenticate(r *http.Request, cfg config, st *store) (principal, error) {
 	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
-		return user{}, fail(errUnauthorized, "Missing or invalid Authorization header")
+		return principal{}, fail(errUnauthorized, "Missing or invalid Authorization header")
 	}
-	claims, err := verifyToken(cfg.jwtSecret, token, st.now())
+	claims, err := verifyToken(cfg.keys, token, st.now())
 	if errors.Is(err, errTokenExpired) {
-		return user{}, fail(errUnauthorized, "Token has expired")
+		return principal{}, fail(errUnauthorized, "Token has expired")
 	}
 	revoked := fail(errUnauthorized, "Invalid or revoked token")
 	if err != nil {
-		return user{}, revoked
+		return principal{}, revoked
 	}
 	id, err := claims.userID()
 	if err != nil {
-		return user{}, revoked
+		return principal{}, revoked
 	}
-	u, err := st.userByID(r.Context(), id)
+	u, sessionLive, err := st.sessionUser(r.Context(), id, claims.Session)
 	if errors.Is(err, errNotFound) {
-		return user{}, revoked
+		return principal{}, revoked
 	}
 	if err != nil {
-		return user{}, err
+		return principal{}, err
 	}
-	// The version check is what makes password changes, resets, deactivation and role
-	// changes revoke tokens at the next request, on every instance.
-	if !u.IsActive || u.TokenVersion != claims.Version {
-		return user{}, revoked
+	// These checks are what make logout, password changes, resets, deactivation and role
+	// changes end tokens at the next request, on every instance.
+	if !u.IsActive || !sessionLive || u.TokenVersion != claims.Version {
+		return principal{}, revoked
 	}
-	return u, nil
+	return principal{user: u, sessionID: claims.Session}, nil
 }
 
 // requireAdmin admits only admins; it must run inside requireAuth.
@@ -287,27 +356,56 @@ func requireAdmin(logger *slog.Logger) func(http.Handler) http.Handler {
 	}
 }
 
-// hasher hashes and checks passwords with bcrypt at the configured cost.
+// hasher hashes and checks passwords with bcrypt at the configured cost. At most
+// BCRYPT_CONCURRENCY run at once, so that a flood of logins queues here instead of starving
+// every other request of CPU.
 type hasher struct {
 	cost  int
+	slots chan struct{}
 	dummy func() string
 }
 
-func newHasher(cost int) *hasher {
-	h := &hasher{cost: cost}
+// bcryptWait is how long a request waits for a bcrypt slot before it gets a 503.
+const bcryptWait = 2 * time.Second
+
+func newHasher(cost, concurrency int) *hasher {
+	h := &hasher{cost: cost, slots: make(chan struct{}, concurrency)}
 	// Made on first use rather than at start, so that starting stays fast.
 	h.dummy = sync.OnceValue(func() string {
-		hash, _ := h.hash(randomToken()) // 43 bytes, within bcrypt's 72
-		return hash
+		hash, _ := bcrypt.GenerateFromPassword([]byte(randomToken()), cost)
+		return string(hash)
 	})
 	return h
 }
 
-func (h *hasher) hash(password string) (string, error) {
-	hash, err := bcrypt.GenerateFromPassword([]byte(password), h.cost)
+func (h *hasher) hash(ctx context.Context, password string) (string, error) {
+	var hash []byte
+	err := h.withSlot(ctx, func() (err error) {
+		hash, err = bcrypt.GenerateFromPassword([]byte(password), h.cost)
+		return err
+	})
 	return string(hash), err
 }
 
-func (h *hasher) matches(hash, password string) bool {
-	return bcrypt.CompareHashAndPassword([]byte(hash), []byte(password)) == nil
+func (h *hasher) matches(ctx context.Context, hash, password string) (bool, error) {
+	var ok bool
+	err := h.withSlot(ctx, func() error {
+		ok = bcrypt.CompareHashAndPassword([]byte(hash), []byte(password)) == nil
+		return nil
+	})
+	return ok, err
+}
+
+func (h *hasher) withSlot(ctx context.Context, work func() error) error {
+	timer := time.NewTimer(bcryptWait)
+	defer timer.Stop()
+	select {
+	case h.slots <- struct{}{}:
+	case <-timer.C:
+		return fail(errBusy, "Server busy, try again shortly")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-h.slots }()
+	return work()
 }

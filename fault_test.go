@@ -99,7 +99,7 @@ func TestDatabaseOutageGives503AndRecovers(t *testing.T) {
 	t.Parallel()
 	env, proxy := proxiedEnv(t)
 	alice := env.addUser(t, "alice", roleUser)
-	token := env.tokenFor(alice)
+	token := env.tokenFor(t, alice)
 	env.do(t, "GET", "/api/users/me", token, nil).expect(t, http.StatusOK)
 
 	proxy.stop()

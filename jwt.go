@@ -4,6 +4,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"strconv"
@@ -19,17 +20,45 @@ var (
 	errTokenExpired = errors.New("token has expired")
 )
 
-// jwtHeader is the only header this service signs; verification parses headers rather than
-// comparing bytes, but accepts no alg other than HS256.
-var jwtHeader = base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`))
+// signingKey is an HMAC secret and the id ("kid") that names it in token headers.
+type signingKey struct {
+	id     string
+	secret []byte
+	header string // the encoded header of tokens signed with this key
+}
 
-// tokenClaims are the claims of an access token. Version must equal the user's
-// token_version for the token to be accepted, which is how tokens are revoked.
+func newSigningKey(secret []byte) signingKey {
+	// The id is a digest of the secret: it tells keys apart without revealing them.
+	sum := sha256.Sum256(secret)
+	id := hex.EncodeToString(sum[:8])
+	header, _ := json.Marshal(map[string]string{"alg": "HS256", "typ": "JWT", "kid": id})
+	return signingKey{id: id, secret: secret, header: base64.RawURLEncoding.EncodeToString(header)}
+}
+
+// keySet signs with the current key and also accepts tokens of the previous one, so that the
+// secret can be rotated without logging everyone out.
+type keySet struct {
+	current  signingKey
+	previous *signingKey
+}
+
+func newKeySet(current, previous []byte) keySet {
+	ks := keySet{current: newSigningKey(current)}
+	if len(previous) > 0 {
+		p := newSigningKey(previous)
+		ks.previous = &p
+	}
+	return ks
+}
+
+// tokenClaims are the claims of an access token. Version must equal the user's token_version
+// and Session must name a live session for the token to be accepted.
 type tokenClaims struct {
 	Subject   string `json:"sub"`
 	IssuedAt  int64  `json:"iat"`
 	ExpiresAt int64  `json:"exp"`
 	Version   int64  `json:"ver"`
+	Session   int64  `json:"sid"`
 }
 
 // userID returns the numeric user id held in the subject claim.
@@ -41,22 +70,23 @@ func (c tokenClaims) userID() (int64, error) {
 	return id, nil
 }
 
-// signToken returns a signed access token for the user, valid for ttl from now.
-func signToken(key []byte, userID, version int64, now time.Time, ttl time.Duration) string {
+// signToken returns an access token for the user's session, valid for ttl from now.
+func signToken(keys keySet, userID, version, sessionID int64, now time.Time, ttl time.Duration) string {
 	claims, _ := json.Marshal(tokenClaims{ // a struct of strings and integers always marshals
 		Subject:   strconv.FormatInt(userID, 10),
 		IssuedAt:  now.Unix(),
 		ExpiresAt: now.Add(ttl).Unix(),
 		Version:   version,
+		Session:   sessionID,
 	})
-	signingInput := jwtHeader + "." + base64.RawURLEncoding.EncodeToString(claims)
-	return signingInput + "." + base64.RawURLEncoding.EncodeToString(mac(key, signingInput))
+	signingInput := keys.current.header + "." + base64.RawURLEncoding.EncodeToString(claims)
+	return signingInput + "." + base64.RawURLEncoding.EncodeToString(mac(keys.current.secret, signingInput))
 }
 
-// verifyToken checks the token's structure, algorithm, signature and expiry, and returns its
-// claims. It returns errTokenExpired for a well-signed but expired token and errTokenInvalid
-// for everything else.
-func verifyToken(key []byte, token string, now time.Time) (tokenClaims, error) {
+// verifyToken checks the token's structure, algorithm, key, signature and expiry, and returns
+// its claims. It returns errTokenExpired for a well-signed but expired token and
+// errTokenInvalid for everything else.
+func verifyToken(keys keySet, token string, now time.Time) (tokenClaims, error) {
 	var claims tokenClaims
 	header, rest, ok := strings.Cut(token, ".")
 	if !ok {
@@ -67,7 +97,8 @@ func verifyToken(key []byte, token string, now time.Time) (tokenClaims, error) {
 		return claims, errTokenInvalid
 	}
 	// Algorithm confusion ("alg":"none", RS256 with the secret as public key) is refused here.
-	if !isHS256Header(header) {
+	key, ok := keys.forHeader(header)
+	if !ok {
 		return claims, errTokenInvalid
 	}
 	gotMAC, err := base64.RawURLEncoding.DecodeString(signature)
@@ -75,13 +106,10 @@ func verifyToken(key []byte, token string, now time.Time) (tokenClaims, error) {
 		return claims, errTokenInvalid
 	}
 	// hmac.Equal compares in constant time, so the MAC cannot be guessed byte by byte.
-	if !hmac.Equal(gotMAC, mac(key, token[:len(header)+1+len(payload)])) {
+	if !hmac.Equal(gotMAC, mac(key.secret, token[:len(header)+1+len(payload)])) {
 		return claims, errTokenInvalid
 	}
-	if err := decodeClaims(payload, &claims); err != nil {
-		return claims, errTokenInvalid
-	}
-	if claims.ExpiresAt == 0 {
+	if err := decodeSegment(payload, &claims); err != nil || claims.ExpiresAt == 0 {
 		return claims, errTokenInvalid
 	}
 	if now.Unix() >= claims.ExpiresAt {
@@ -90,34 +118,38 @@ func verifyToken(key []byte, token string, now time.Time) (tokenClaims, error) {
 	return claims, nil
 }
 
-func isHS256Header(segment string) bool {
-	if segment == jwtHeader {
-		return true // the common case: our own header, no JSON parsing needed
-	}
-	raw, err := base64.RawURLEncoding.DecodeString(segment)
-	if err != nil {
-		return false
+// forHeader returns the key a token header names, accepting only HS256.
+func (ks keySet) forHeader(segment string) (signingKey, bool) {
+	if segment == ks.current.header {
+		return ks.current, true // the common case: no JSON to parse
 	}
 	var h struct {
 		Alg string `json:"alg"`
 		Typ string `json:"typ"`
+		Kid string `json:"kid"`
 	}
-	if err := json.Unmarshal(raw, &h); err != nil {
-		return false
+	if decodeSegment(segment, &h) != nil || h.Alg != "HS256" || h.Typ != "" && h.Typ != "JWT" {
+		return signingKey{}, false
 	}
-	return h.Alg == "HS256" && (h.Typ == "" || h.Typ == "JWT")
+	switch {
+	case h.Kid == ks.current.id:
+		return ks.current, true
+	case ks.previous != nil && h.Kid == ks.previous.id:
+		return *ks.previous, true
+	}
+	return signingKey{}, false
 }
 
-func decodeClaims(segment string, claims *tokenClaims) error {
+func decodeSegment(segment string, v any) error {
 	raw, err := base64.RawURLEncoding.DecodeString(segment)
 	if err != nil {
 		return err
 	}
-	return json.Unmarshal(raw, claims)
+	return json.Unmarshal(raw, v)
 }
 
-func mac(key []byte, signingInput string) []byte {
-	h := hmac.New(sha256.New, key)
+func mac(secret []byte, signingInput string) []byte {
+	h := hmac.New(sha256.New, secret)
 	h.Write([]byte(signingInput))
 	return h.Sum(nil)
 }

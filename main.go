@@ -12,8 +12,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -71,6 +73,7 @@ func serve(ctx context.Context, cfg config, st *store, logger *slog.Logger) erro
 	}
 	mail := newMailer(cfg.mail, logger)
 	defer mail.wait()
+	go sweepExpired(ctx, st, logger)
 	srv := &http.Server{
 		Handler:           newServer(cfg, st, mail, logger),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -103,15 +106,22 @@ func serve(ctx context.Context, cfg config, st *store, logger *slog.Logger) erro
 
 // config is every setting of the service, read from the environment by loadConfig.
 type config struct {
-	databaseURL       string
-	jwtSecret         []byte
-	accessTTL         time.Duration
-	addr              string
-	bcryptCost        int
-	passwordMinLength int
-	resetTTL          time.Duration
-	publicURL         string
-	mail              mailConfig
+	databaseURL          string
+	keys                 keySet
+	accessTTL            time.Duration
+	refreshTTL           time.Duration
+	refreshReuseInterval time.Duration
+	loginMaxFailures     int
+	authRateLimit        int // requests per minute per client address; 0: no limit
+	authRateBurst        int
+	trustedProxies       []netip.Prefix
+	bcryptConcurrency    int
+	addr                 string
+	bcryptCost           int
+	passwordMinLength    int
+	resetTTL             time.Duration
+	publicURL            string
+	mail                 mailConfig
 }
 
 // loadConfig reads and checks every setting, naming each bad one.
@@ -148,14 +158,26 @@ func loadConfig(getenv func(string) string) (config, error) {
 	seconds := func(name string, fallback int) time.Duration {
 		return time.Duration(num(name, fallback, 1, 1<<31)) * time.Second
 	}
+	secret, previous := getenv("JWT_SECRET_KEY"), getenv("JWT_SECRET_KEY_PREVIOUS")
+	trusted, err := parseCIDRs(getenv("TRUSTED_PROXIES"))
+	if err != nil {
+		problems = append(problems, "TRUSTED_PROXIES must be a comma-separated list of CIDR prefixes or addresses")
+	}
 	cfg := config{
-		databaseURL:       getenv("DATABASE_URL"),
-		jwtSecret:         []byte(getenv("JWT_SECRET_KEY")),
-		accessTTL:         seconds("JWT_ACCESS_TOKEN_EXPIRES", 3600),
-		addr:              str("ADDR", ":8080"),
-		bcryptCost:        num("BCRYPT_COST", 12, 4, 31),
-		passwordMinLength: num("PASSWORD_MIN_LENGTH", 8, 1, 72),
-		resetTTL:          seconds("PASSWORD_RESET_TOKEN_EXPIRES", 3600),
+		databaseURL:          getenv("DATABASE_URL"),
+		keys:                 newKeySet([]byte(secret), []byte(previous)),
+		accessTTL:            seconds("JWT_ACCESS_TOKEN_EXPIRES", 3600),
+		refreshTTL:           seconds("REFRESH_TOKEN_EXPIRES", 30*24*3600),
+		refreshReuseInterval: time.Duration(num("REFRESH_REUSE_INTERVAL", 10, 0, 3600)) * time.Second,
+		loginMaxFailures:     num("LOGIN_MAX_FAILURES", 5, 1, 1000),
+		authRateLimit:        num("AUTH_RATE_LIMIT", 30, 0, 1_000_000),
+		authRateBurst:        num("AUTH_RATE_BURST", 10, 1, 1_000_000),
+		trustedProxies:       trusted,
+		bcryptConcurrency:    num("BCRYPT_CONCURRENCY", runtime.NumCPU(), 1, 1024),
+		addr:                 str("ADDR", ":8080"),
+		bcryptCost:           num("BCRYPT_COST", 12, 4, 31),
+		passwordMinLength:    num("PASSWORD_MIN_LENGTH", 8, 1, 72),
+		resetTTL:             seconds("PASSWORD_RESET_TOKEN_EXPIRES", 3600),
 		mail: mailConfig{
 			server:   getenv("MAIL_SERVER"),
 			username: getenv("MAIL_USERNAME"),
@@ -180,8 +202,10 @@ func loadConfig(getenv func(string) string) (config, error) {
 	switch {
 	case cfg.databaseURL == "":
 		problems = append(problems, "DATABASE_URL is required (`make run` writes one to .env)")
-	case len(cfg.jwtSecret) < 32:
+	case len(secret) < 32:
 		problems = append(problems, "JWT_SECRET_KEY is required and must be at least 32 bytes (try: openssl rand -hex 32)")
+	case previous != "" && len(previous) < 32:
+		problems = append(problems, "JWT_SECRET_KEY_PREVIOUS must be at least 32 bytes when set")
 	}
 	switch cfg.mail.backend {
 	case mailSMTP:

@@ -116,15 +116,21 @@ func (b *syncBuffer) String() string {
 // testConfig is a valid configuration with a cheap bcrypt cost.
 func testConfig(databaseURL string) config {
 	return config{
-		databaseURL:       databaseURL,
-		jwtSecret:         []byte("test-secret-test-secret-test-secret-0123"),
-		accessTTL:         time.Hour,
-		addr:              "127.0.0.1:0",
-		bcryptCost:        4,
-		passwordMinLength: 8,
-		resetTTL:          time.Hour,
-		publicURL:         "http://usermgmt.test",
-		mail:              mailConfig{backend: mailDummy, sender: "usermgmt@example.com", timeout: 5 * time.Second},
+		databaseURL:          databaseURL,
+		keys:                 newKeySet([]byte("test-secret-test-secret-test-secret-0123"), nil),
+		accessTTL:            time.Hour,
+		refreshTTL:           30 * 24 * time.Hour,
+		refreshReuseInterval: 10 * time.Second,
+		loginMaxFailures:     5,
+		authRateLimit:        0, // tests of the limit turn it on
+		authRateBurst:        10,
+		bcryptConcurrency:    4,
+		addr:                 "127.0.0.1:0",
+		bcryptCost:           4,
+		passwordMinLength:    8,
+		resetTTL:             time.Hour,
+		publicURL:            "http://usermgmt.test",
+		mail:                 mailConfig{backend: mailDummy, sender: "usermgmt@example.com", timeout: 5 * time.Second},
 	}
 }
 
@@ -244,7 +250,7 @@ func (r response) expect(t testing.TB, status int) response {
 // addUser creates an active user with testPassword straight through the store.
 func (e *testEnv) addUser(t testing.TB, username, role string) user {
 	t.Helper()
-	hash, err := newHasher(e.cfg.bcryptCost).hash(testPassword)
+	hash, err := newHasher(e.cfg.bcryptCost, 1).hash(context.Background(), testPassword)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,7 +276,13 @@ func (e *testEnv) login(t testing.TB, username, password string) string {
 	return token
 }
 
-// tokenFor signs an access token for u as login would, without the bcrypt work.
-func (e *testEnv) tokenFor(u user) string {
-	return signToken(e.cfg.jwtSecret, u.ID, u.TokenVersion, e.clock.Now(), e.cfg.accessTTL)
+// tokenFor opens a session for u and returns its access token, as login would but without
+// the bcrypt work.
+func (e *testEnv) tokenFor(t testing.TB, u user) string {
+	t.Helper()
+	sessionID, _, err := e.st.startSession(context.Background(), u, u.Username, "", e.cfg.refreshTTL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return signToken(e.cfg.keys, u.ID, u.TokenVersion, sessionID, e.clock.Now(), e.cfg.accessTTL)
 }

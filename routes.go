@@ -9,28 +9,35 @@ import (
 func newServer(cfg config, st *store, mail *mailer, logger *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	addRoutes(mux, cfg, st, mail, logger)
-	return withDeadline(logRequests(logger, secureHeaders(jsonMuxErrors(mux))))
+	return withDeadline(withOrigin(cfg.trustedProxies, logRequests(logger, secureHeaders(jsonMuxErrors(mux)))))
 }
 
 // addRoutes lists the whole API and what guards each route.
 func addRoutes(mux *http.ServeMux, cfg config, st *store, mail *mailer, logger *slog.Logger) {
-	pw := newHasher(cfg.bcryptCost)
+	pw := newHasher(cfg.bcryptCost, cfg.bcryptConcurrency)
 	authed := requireAuth(cfg, st, logger)
 	admin := func(h http.Handler) http.Handler { return authed(requireAdmin(logger)(h)) }
+	limited := limitAuth(cfg, st, logger)
 
 	mux.Handle("GET /healthz", handleHealth(st))
 
-	mux.Handle("POST /api/auth/register", handleRegister(cfg, st, pw, logger))
-	mux.Handle("POST /api/auth/login", handleLogin(cfg, st, pw, logger))
-	mux.Handle("POST /api/auth/password-reset-request", handlePasswordResetRequest(cfg, st, mail, logger))
-	mux.Handle("POST /api/auth/reset-password/{token}", handleResetPassword(cfg, st, pw, logger))
+	mux.Handle("POST /api/auth/register", limited(handleRegister(cfg, st, pw, logger)))
+	mux.Handle("POST /api/auth/login", limited(handleLogin(cfg, st, pw, logger)))
+	mux.Handle("POST /api/auth/refresh", limited(handleRefresh(cfg, st, logger)))
+	mux.Handle("POST /api/auth/logout", authed(handleLogout(st, logger)))
+	mux.Handle("POST /api/auth/logout-all", authed(handleLogoutAll(st, logger)))
+	mux.Handle("POST /api/auth/password-reset-request", limited(handlePasswordResetRequest(cfg, st, mail, logger)))
+	mux.Handle("POST /api/auth/reset-password/{token}", limited(handleResetPassword(cfg, st, pw, logger)))
 	mux.Handle("POST /api/auth/change-password", authed(handleChangePassword(cfg, st, pw, logger)))
 
 	mux.Handle("GET /api/users/me", authed(handleMe()))
+	mux.Handle("GET /api/users/me/sessions", authed(handleListSessions(st, logger)))
+	mux.Handle("DELETE /api/users/me/sessions/{id}", authed(handleRevokeSession(st, logger)))
 	mux.Handle("GET /api/users/{id}", authed(handleGetUser(st, logger)))
 	mux.Handle("PUT /api/users/{id}", authed(handleUpdateUser(st, logger)))
 	mux.Handle("PATCH /api/users/{id}", authed(handleUpdateUser(st, logger)))
 	mux.Handle("DELETE /api/users/{id}", admin(handleDeleteUser(st, logger)))
 
 	mux.Handle("GET /api/admin/users", admin(handleListUsers(st, logger)))
+	mux.Handle("GET /api/admin/audit-log", admin(handleListAudit(st, logger)))
 }

@@ -36,3 +36,59 @@ CREATE TABLE IF NOT EXISTS password_reset_tokens (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS password_reset_tokens_user_idx ON password_reset_tokens (user_id);
+
+-- A session is one login: its refresh tokens rotate within it, and every access token names it,
+-- so revoking the session ends both at the next request.
+CREATE TABLE IF NOT EXISTS sessions (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_id      bigint      NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    created_at   timestamptz NOT NULL,
+    last_used_at timestamptz NOT NULL,
+    expires_at   timestamptz NOT NULL, -- that of its newest refresh token
+    ip           text        NOT NULL,
+    user_agent   text        NOT NULL,
+    revoked_at   timestamptz
+);
+CREATE INDEX IF NOT EXISTS sessions_user_idx ON sessions (user_id) WHERE revoked_at IS NULL;
+
+-- Refresh tokens, stored as SHA-256 only. A rotated token is kept (rotated_at set) so that its
+-- reuse can be told apart from an unknown token.
+CREATE TABLE IF NOT EXISTS refresh_tokens (
+    token_hash bytea       PRIMARY KEY,
+    session_id bigint      NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    expires_at timestamptz NOT NULL,
+    rotated_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS refresh_tokens_session_idx ON refresh_tokens (session_id);
+
+-- Consecutive failed logins per account and client address, for the lockout back-off.
+CREATE TABLE IF NOT EXISTS login_failures (
+    login        text        NOT NULL, -- lower-cased username or email as typed
+    ip           text        NOT NULL,
+    failures     integer     NOT NULL,
+    locked_until timestamptz,
+    updated_at   timestamptz NOT NULL,
+    PRIMARY KEY (login, ip)
+);
+
+-- Token buckets of the per-address limit on authentication endpoints, shared by all instances.
+CREATE TABLE IF NOT EXISTS rate_limits (
+    key        text             PRIMARY KEY,
+    tokens     double precision NOT NULL,
+    updated_at timestamptz      NOT NULL
+);
+
+-- Who did what to whom, written in the same transaction as the change itself. Never a
+-- password or token. No foreign keys: the history outlives deleted users.
+CREATE TABLE IF NOT EXISTS audit_log (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    created_at timestamptz NOT NULL,
+    action     text        NOT NULL,
+    actor_id   bigint,
+    target_id  bigint,
+    ip         text        NOT NULL DEFAULT '',
+    details    jsonb       NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS audit_log_created_idx ON audit_log (created_at);
+CREATE INDEX IF NOT EXISTS audit_log_target_idx ON audit_log (target_id, action, created_at);
+CREATE INDEX IF NOT EXISTS audit_log_actor_idx ON audit_log (actor_id, created_at);

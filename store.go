@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
 	"runtime"
 	"strings"
 	"time"
@@ -127,14 +128,20 @@ type newUser struct {
 
 // createUser inserts a user and returns its id. A taken username or email is errConflict.
 func (s *store) createUser(ctx context.Context, u newUser, passwordHash, role string) (int64, error) {
-	return createUserIn(ctx, s.pool, u, passwordHash, role)
+	var id int64
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var err error
+		if id, err = insertUser(ctx, tx, u, passwordHash, role); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, auditRegister, id, id, nil)
+	})
+	return id, err
 }
 
-func createUserIn(ctx context.Context, db interface {
-	QueryRow(context.Context, string, ...any) pgx.Row
-}, u newUser, passwordHash, role string) (int64, error) {
+func insertUser(ctx context.Context, tx pgx.Tx, u newUser, passwordHash, role string) (int64, error) {
 	var id int64
-	err := db.QueryRow(ctx, `INSERT INTO users (username, first_name, last_name, email, password_hash, role)
+	err := tx.QueryRow(ctx, `INSERT INTO users (username, first_name, last_name, email, password_hash, role)
 		VALUES ($1, $2, $3, $4, $5, $6) RETURNING id`,
 		u.Username, u.FirstName, u.LastName, u.Email, passwordHash, role).Scan(&id)
 	if err != nil {
@@ -159,8 +166,10 @@ func (s *store) createFirstAdmin(ctx context.Context, u newUser, passwordHash st
 			return fail(errConflict, "An admin already exists; manage users through the API")
 		}
 		var err error
-		id, err = createUserIn(ctx, tx, u, passwordHash, roleAdmin)
-		return err
+		if id, err = insertUser(ctx, tx, u, passwordHash, roleAdmin); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, auditAdminCreated, 0, id, map[string]any{"username": u.Username})
 	})
 	return id, err
 }
@@ -206,8 +215,8 @@ type userPatch struct {
 }
 
 // updateUser applies a patch to user id on behalf of actor, enforcing authorizeUpdate inside
-// the transaction. A change of role or active state bumps the token version, which revokes
-// every access token the user holds.
+// the transaction. A change of role or active state bumps the token version and revokes every
+// session, which ends every access and refresh token the user holds.
 func (s *store) updateUser(ctx context.Context, actor user, id int64, p userPatch) (user, error) {
 	var updated user
 	err := s.adminChange(ctx, actor, id, func(tx pgx.Tx, target user) error {
@@ -232,9 +241,50 @@ func (s *store) updateUser(ctx context.Context, actor user, id int64, p userPatc
 				updated_at = now()
 			WHERE id = $1 RETURNING `+userColumns,
 			id, p.Username, p.FirstName, p.LastName, p.Email, p.Role, p.IsActive)
-		return uniqueViolation(err)
+		if err != nil {
+			return uniqueViolation(err)
+		}
+		return s.auditUpdate(ctx, tx, actor, target, updated)
 	})
 	return updated, err
+}
+
+// auditUpdate records what an update changed, and revokes the sessions of a user whose role
+// or active state changed.
+func (s *store) auditUpdate(ctx context.Context, tx pgx.Tx, actor, before, after user) error {
+	var fields []string
+	for _, f := range []struct {
+		name          string
+		before, after string
+	}{
+		{"username", before.Username, after.Username},
+		{"first_name", before.FirstName, after.FirstName},
+		{"last_name", before.LastName, after.LastName},
+		{"email", before.Email, after.Email},
+	} {
+		if f.before != f.after {
+			fields = append(fields, f.name)
+		}
+	}
+	if len(fields) > 0 {
+		if err := s.audit(ctx, tx, auditProfileUpdated, actor.ID, after.ID, map[string]any{"fields": fields}); err != nil {
+			return err
+		}
+	}
+	if before.Role != after.Role {
+		if err := s.audit(ctx, tx, auditRoleChanged, actor.ID, after.ID, map[string]any{"from": before.Role, "to": after.Role}); err != nil {
+			return err
+		}
+	}
+	if before.IsActive != after.IsActive {
+		if err := s.audit(ctx, tx, auditActivationChanged, actor.ID, after.ID, map[string]any{"is_active": after.IsActive}); err != nil {
+			return err
+		}
+	}
+	if before.Role != after.Role || before.IsActive != after.IsActive {
+		return s.revokeSessions(ctx, tx, after.ID, 0)
+	}
+	return nil
 }
 
 // deleteUser deletes user id on behalf of actor, enforcing authorizeDelete.
@@ -248,8 +298,10 @@ func (s *store) deleteUser(ctx context.Context, actor user, id int64) error {
 				return err
 			}
 		}
-		_, err := tx.Exec(ctx, "DELETE FROM users WHERE id = $1", id)
-		return err
+		if _, err := tx.Exec(ctx, "DELETE FROM users WHERE id = $1", id); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, auditUserDeleted, actor.ID, id, map[string]any{"username": target.Username})
 	})
 }
 
@@ -291,8 +343,7 @@ type userFilter struct {
 	Role     string
 	IsActive *bool
 	Sort     string // a key of sortColumns, with an optional "-" prefix for descending
-	Page     int
-	PerPage  int
+	page
 }
 
 var sortColumns = map[string]string{"id": "id", "username": "lower(username)", "email": "lower(email)", "created_at": "created_at"}
@@ -307,8 +358,7 @@ func (s *store) listUsers(ctx context.Context, f userFilter) ([]user, int, error
 	}
 	// The sort column comes from a fixed map, never from the request text itself.
 	sql := "SELECT " + userColumns + ", count(*) OVER () AS total FROM users" + where +
-		" ORDER BY " + sortColumns[order] + direction + ", id" + direction +
-		fmt.Sprintf(" LIMIT %d OFFSET %d", f.PerPage, (f.Page-1)*f.PerPage)
+		" ORDER BY " + sortColumns[order] + direction + ", id" + direction + f.limitOffset()
 	rows, _ := s.pool.Query(ctx, sql, args...)
 	type row struct {
 		user
@@ -362,8 +412,18 @@ func escapeLike(s string) string {
 	return strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(s)
 }
 
+// Reset mail is capped per account, so the endpoint cannot be used to flood a mailbox.
+const (
+	resetMailsPerMinute = 1
+	resetMailsPerHour   = 5
+)
+
+// errResetCapped means the account was sent as many reset mails as allowed for now.
+var errResetCapped = errors.New("password reset mail cap reached")
+
 // createResetToken replaces any earlier reset token of the active user with this email by a
-// new one and returns it. Only its SHA-256 is stored. errNotFound when there is no such user.
+// new one and returns it. Only its SHA-256 is stored. errNotFound when there is no such user,
+// errResetCapped when it has had its share of reset mails.
 func (s *store) createResetToken(ctx context.Context, email string, ttl time.Duration) (string, user, error) {
 	token := randomToken()
 	var u user
@@ -373,20 +433,33 @@ func (s *store) createResetToken(ctx context.Context, email string, ttl time.Dur
 		if err != nil {
 			return err
 		}
+		var lastMinute, lastHour int
+		now := s.now()
+		err = tx.QueryRow(ctx, `SELECT count(*) FILTER (WHERE created_at > $3), count(*) FROM audit_log
+			WHERE target_id = $1 AND action = 'password_reset_requested' AND created_at > $2`,
+			u.ID, now.Add(-time.Hour), now.Add(-time.Minute)).Scan(&lastMinute, &lastHour)
+		if err != nil {
+			return err
+		}
+		if lastMinute >= resetMailsPerMinute || lastHour >= resetMailsPerHour {
+			return errResetCapped
+		}
 		if _, err := tx.Exec(ctx, "DELETE FROM password_reset_tokens WHERE user_id = $1", u.ID); err != nil {
 			return err
 		}
 		_, err = tx.Exec(ctx, "INSERT INTO password_reset_tokens (token_hash, user_id, expires_at) VALUES ($1, $2, $3)",
-			hashToken(token), u.ID, s.now().Add(ttl))
-		return err
+			hashToken(token), u.ID, now.Add(ttl))
+		if err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, auditPasswordResetRequest, 0, u.ID, nil)
 	})
 	return token, u, err
 }
 
 // resetPassword consumes a reset token and sets the password to the hash newHash returns; it
 // is called only for a good token, so bad tokens cost no bcrypt work. A token works once; an
-// unknown or expired one is errInvalid. Bumping the token version revokes every access token
-// of the user.
+// unknown or expired one is errInvalid. Every session of the user is revoked.
 func (s *store) resetPassword(ctx context.Context, token string, newHash func() (string, error)) error {
 	invalid := fail(errInvalid, "Invalid or expired reset token")
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
@@ -415,19 +488,31 @@ func (s *store) resetPassword(ctx context.Context, token string, newHash func() 
 		if tag.RowsAffected() == 0 {
 			return invalid // the account was deactivated after the token was issued
 		}
-		return nil
+		if err := s.revokeSessions(ctx, tx, userID, 0); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, auditPasswordReset, userID, userID, nil)
 	})
 }
 
-// changePassword sets a new password hash, revoking every earlier access token, and returns
-// the new token version.
-func (s *store) changePassword(ctx context.Context, id int64, passwordHash string) (int64, error) {
+// changePassword sets a new password hash and returns the new token version: every earlier
+// access token stops working, and every session but keepSession is revoked.
+func (s *store) changePassword(ctx context.Context, id int64, passwordHash string, keepSession int64) (int64, error) {
 	var version int64
-	err := s.pool.QueryRow(ctx, `UPDATE users SET password_hash = $2, token_version = token_version + 1,
-		updated_at = now() WHERE id = $1 RETURNING token_version`, id, passwordHash).Scan(&version)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, errNotFound
-	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, `UPDATE users SET password_hash = $2, token_version = token_version + 1,
+			updated_at = now() WHERE id = $1 RETURNING token_version`, id, passwordHash).Scan(&version)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return errNotFound
+		}
+		if err != nil {
+			return err
+		}
+		if err := s.revokeSessions(ctx, tx, id, keepSession); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, auditPasswordChanged, id, id, nil)
+	})
 	return version, err
 }
 
@@ -455,4 +540,38 @@ func randomToken() string {
 func hashToken(token string) []byte {
 	sum := sha256.Sum256([]byte(token))
 	return sum[:]
+}
+
+// deleteExpired removes rows that can no longer matter: spent limits and failure counts,
+// expired reset tokens, and sessions that ended more than a day ago (with their tokens).
+func (s *store) deleteExpired(ctx context.Context) error {
+	now := s.now()
+	for _, sql := range []string{
+		"DELETE FROM rate_limits WHERE updated_at < $1 - interval '1 hour'",
+		"DELETE FROM login_failures WHERE updated_at < $1 - interval '1 day' AND (locked_until IS NULL OR locked_until < $1)",
+		"DELETE FROM password_reset_tokens WHERE expires_at < $1",
+		"DELETE FROM sessions WHERE COALESCE(revoked_at, expires_at) < $1 - interval '1 day'",
+		"DELETE FROM refresh_tokens WHERE expires_at < $1",
+	} {
+		if _, err := s.pool.Exec(ctx, sql, now); err != nil {
+			return fmt.Errorf("delete expired: %w", err)
+		}
+	}
+	return nil
+}
+
+// sweepExpired runs deleteExpired every ten minutes until ctx is done.
+func sweepExpired(ctx context.Context, st *store, logger *slog.Logger) {
+	ticker := time.NewTicker(10 * time.Minute)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+			if err := st.deleteExpired(ctx); err != nil && ctx.Err() == nil {
+				logger.Warn("sweeping expired rows", "err", err)
+			}
+		}
+	}
 }

@@ -162,11 +162,6 @@ func removesAdmin(target user, p userPatch) bool {
 		(p.Role != nil && *p.Role != roleAdmin || p.IsActive != nil && !*p.IsActive)
 }
 
-const (
-	defaultPerPage = 50
-	maxPerPage     = 200
-)
-
 func handleListUsers(st *store, logger *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f, err := parseUserFilter(r.URL.Query())
@@ -179,25 +174,20 @@ func handleListUsers(st *store, logger *slog.Logger) http.Handler {
 			writeError(w, r, logger, err)
 			return
 		}
-		w.Header().Set("X-Total-Count", strconv.Itoa(total))
-		w.Header().Set("Link", pageLinks(r.URL, f.Page, f.PerPage, total))
-		writeJSON(w, http.StatusOK, users)
+		writePage(w, r, f.page, total, users)
 	})
 }
 
 // parseUserFilter reads the list's query parameters, naming every bad one.
 func parseUserFilter(q url.Values) (userFilter, error) {
-	f := userFilter{Page: 1, PerPage: defaultPerPage, Sort: "id"}
+	f := userFilter{page: defaultPage, Sort: "id"}
 	problems := map[string]string{}
 	for name, values := range q {
 		value := values[0]
 		switch {
 		case len(values) > 1:
 			problems[name] = "must be given once"
-		case name == "page":
-			f.Page = parseBounded(problems, name, value, 1, 1<<31)
-		case name == "per_page":
-			f.PerPage = parseBounded(problems, name, value, 1, maxPerPage)
+		case f.page.parse(problems, name, value):
 		case name == "q":
 			f.Query = value
 			if len(value) > 254 {
@@ -227,29 +217,60 @@ func parseUserFilter(q url.Values) (userFilter, error) {
 	return f, invalidFields(problems)
 }
 
-func parseBounded(problems map[string]string, name, value string, min, max int) int {
-	n, err := strconv.Atoi(value)
-	if err != nil || n < min || n > max {
-		problems[name] = fmt.Sprintf("must be an integer from %d to %d", min, max)
-	}
-	return n
+// page is the pagination of a list: page (from 1) and per_page (1 to 200, default 50).
+type page struct {
+	Page    int
+	PerPage int
 }
 
-// pageLinks builds an RFC 8288 Link header with first, prev, next and last pages.
-func pageLinks(u *url.URL, page, perPage, total int) string {
-	last := max(1, (total+perPage-1)/perPage)
-	link := func(p int, rel string) string {
-		q := u.Query()
-		q.Set("page", strconv.Itoa(p))
-		q.Set("per_page", strconv.Itoa(perPage))
-		return fmt.Sprintf(`<%s?%s>; rel="%s"`, u.Path, q.Encode(), rel)
+var defaultPage = page{Page: 1, PerPage: 50}
+
+const maxPerPage = 200
+
+// parse takes the query parameter name if it is page or per_page, recording a bad value in
+// problems, and reports whether it was one of them.
+func (p *page) parse(problems map[string]string, name, value string) bool {
+	var target *int
+	low, high := 1, 1<<31-1
+	switch name {
+	case "page":
+		target = &p.Page
+	case "per_page":
+		target, high = &p.PerPage, maxPerPage
+	default:
+		return false
+	}
+	n, err := strconv.Atoi(value)
+	if err != nil || n < low || n > high {
+		problems[name] = fmt.Sprintf("must be an integer from %d to %d", low, high)
+	}
+	*target = n
+	return true
+}
+
+// limitOffset is the page's SQL LIMIT and OFFSET (numbers checked by parse).
+func (p page) limitOffset() string {
+	return fmt.Sprintf(" LIMIT %d OFFSET %d", p.PerPage, (p.Page-1)*p.PerPage)
+}
+
+// writePage replies with one page of items, the total count in X-Total-Count and an RFC 8288
+// Link header with the first, prev, next and last pages.
+func writePage(w http.ResponseWriter, r *http.Request, p page, total int, items any) {
+	last := max(1, (total+p.PerPage-1)/p.PerPage)
+	link := func(n int, rel string) string {
+		q := r.URL.Query()
+		q.Set("page", strconv.Itoa(n))
+		q.Set("per_page", strconv.Itoa(p.PerPage))
+		return fmt.Sprintf(`<%s?%s>; rel="%s"`, r.URL.Path, q.Encode(), rel)
 	}
 	links := []string{link(1, "first")}
-	if page > 1 {
-		links = append(links, link(min(page-1, last), "prev"))
+	if p.Page > 1 {
+		links = append(links, link(min(p.Page-1, last), "prev"))
 	}
-	if page < last {
-		links = append(links, link(page+1, "next"))
+	if p.Page < last {
+		links = append(links, link(p.Page+1, "next"))
 	}
-	return strings.Join(append(links, link(last, "last")), ", ")
+	w.Header().Set("X-Total-Count", strconv.Itoa(total))
+	w.Header().Set("Link", strings.Join(append(links, link(last, "last")), ", "))
+	writeJSON(w, http.StatusOK, items)
 }

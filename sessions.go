@@ -1,0 +1,304 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Sessions: one per login, holding rotating refresh tokens; every access token names its
+// session, so revoking a session ends it everywhere at the next request.
+
+// session is a login as its owner sees it in the session list.
+type session struct {
+	ID         int64     `json:"id" db:"id"`
+	CreatedAt  time.Time `json:"created_at" db:"created_at"`
+	LastUsedAt time.Time `json:"last_used_at" db:"last_used_at"`
+	ExpiresAt  time.Time `json:"expires_at" db:"expires_at"`
+	IP         string    `json:"ip" db:"ip"`
+	UserAgent  string    `json:"user_agent" db:"user_agent"`
+	Current    bool      `json:"current" db:"-"`
+}
+
+// startSession records a successful login for u, who typed login: it clears the login's
+// failure count, re-hashes the password when rehash is set, and opens a session with a fresh
+// refresh token, all in one transaction.
+func (s *store) startSession(ctx context.Context, u user, login, rehash string, refreshTTL time.Duration) (int64, string, error) {
+	var sessionID int64
+	token := randomToken()
+	o, now := originOf(ctx), s.now()
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "DELETE FROM login_failures WHERE login = $1 AND ip = $2", login, o.ip); err != nil {
+			return err
+		}
+		if rehash != "" {
+			if _, err := tx.Exec(ctx, "UPDATE users SET password_hash = $2 WHERE id = $1", u.ID, rehash); err != nil {
+				return err
+			}
+		}
+		err := tx.QueryRow(ctx, `INSERT INTO sessions (user_id, created_at, last_used_at, expires_at, ip, user_agent)
+			VALUES ($1, $2, $2, $3, $4, $5) RETURNING id`, u.ID, now, now.Add(refreshTTL), o.ip, o.userAgent).Scan(&sessionID)
+		if err != nil {
+			return err
+		}
+		if err := insertRefreshToken(ctx, tx, sessionID, token, now.Add(refreshTTL)); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, auditLoginSucceeded, u.ID, u.ID, map[string]any{"session_id": sessionID})
+	})
+	if err != nil {
+		return 0, "", fmt.Errorf("start session: %w", err)
+	}
+	return sessionID, token, nil
+}
+
+func insertRefreshToken(ctx context.Context, tx pgx.Tx, sessionID int64, token string, expiresAt time.Time) error {
+	_, err := tx.Exec(ctx, "INSERT INTO refresh_tokens (token_hash, session_id, expires_at) VALUES ($1, $2, $3)",
+		hashToken(token), sessionID, expiresAt)
+	return err
+}
+
+// loginLockedUntil returns until when logins of login from ip are refused (zero: not locked).
+func (s *store) loginLockedUntil(ctx context.Context, login, ip string) (time.Time, error) {
+	var until *time.Time
+	err := s.pool.QueryRow(ctx, "SELECT locked_until FROM login_failures WHERE login = $1 AND ip = $2", login, ip).Scan(&until)
+	if errors.Is(err, pgx.ErrNoRows) || until == nil {
+		return time.Time{}, nil
+	}
+	return *until, err
+}
+
+// recordLoginFailure counts a failed login of login from the request's address; from the
+// maxFailures-th consecutive failure on, the pair is locked for a back-off that doubles from
+// one minute up to fifteen. targetID is the account's id when it exists.
+func (s *store) recordLoginFailure(ctx context.Context, login string, targetID int64, maxFailures int) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO login_failures AS f (login, ip, failures, locked_until, updated_at)
+			VALUES ($1, $2, 1, CASE WHEN $4 <= 1 THEN $3 + interval '1 minute' END, $3)
+			ON CONFLICT (login, ip) DO UPDATE SET failures = f.failures + 1, updated_at = $3,
+				locked_until = CASE WHEN f.failures + 1 >= $4 THEN $3 +
+					LEAST(interval '1 minute' * power(2, f.failures + 1 - $4), interval '15 minutes') END`,
+			login, originOf(ctx).ip, s.now(), maxFailures)
+		if err != nil {
+			return fmt.Errorf("record login failure: %w", err)
+		}
+		return s.audit(ctx, tx, auditLoginFailed, 0, targetID, nil)
+	})
+}
+
+var errRefreshInvalid = fail(errUnauthorized, "Invalid or expired refresh token")
+
+// refresh exchanges a refresh token for a new one in the same session and returns the
+// session's user. A token already rotated out is answered the same way within reuseInterval
+// of its rotation (concurrent or retried refreshes); later, its reuse means it was stolen: the
+// session is revoked and the event audited.
+func (s *store) refresh(ctx context.Context, token string, refreshTTL, reuseInterval time.Duration) (user, int64, string, error) {
+	var u user
+	var sessionID int64
+	var reused bool
+	newToken := randomToken()
+	now := s.now()
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var expiresAt time.Time
+		var rotatedAt *time.Time
+		var userID int64
+		var live bool
+		// FOR UPDATE makes concurrent refreshes of one token take turns.
+		err := tx.QueryRow(ctx, `SELECT t.session_id, t.expires_at, t.rotated_at, s.user_id, s.revoked_at IS NULL
+			FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id
+			WHERE t.token_hash = $1 FOR UPDATE`, hashToken(token)).Scan(&sessionID, &expiresAt, &rotatedAt, &userID, &live)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return errRefreshInvalid
+		}
+		if err != nil {
+			return err
+		}
+		if !live || !now.Before(expiresAt) {
+			return errRefreshInvalid
+		}
+		if rotatedAt != nil && now.Sub(*rotatedAt) > reuseInterval {
+			reused = true
+			if _, err := s.revokeSession(ctx, tx, userID, sessionID); err != nil {
+				return err
+			}
+			return s.audit(ctx, tx, auditRefreshTokenReused, 0, userID, map[string]any{"session_id": sessionID})
+		}
+		if u, err = queryUser(ctx, tx, "SELECT "+userColumns+" FROM users WHERE id = $1", userID); err != nil {
+			return err
+		}
+		if !u.IsActive {
+			return errRefreshInvalid
+		}
+		if rotatedAt == nil {
+			if _, err := tx.Exec(ctx, "UPDATE refresh_tokens SET rotated_at = $2 WHERE token_hash = $1", hashToken(token), now); err != nil {
+				return err
+			}
+		}
+		if err := insertRefreshToken(ctx, tx, sessionID, newToken, now.Add(refreshTTL)); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, "UPDATE sessions SET last_used_at = $2, expires_at = $3 WHERE id = $1", sessionID, now, now.Add(refreshTTL))
+		return err
+	})
+	if err == nil && reused {
+		err = errRefreshInvalid
+	}
+	if err != nil {
+		return user{}, 0, "", err
+	}
+	return u, sessionID, newToken, nil
+}
+
+// revokeSessions revokes every live session of the user except the session except (0: none).
+func (s *store) revokeSessions(ctx context.Context, tx pgx.Tx, userID, except int64) error {
+	_, err := tx.Exec(ctx, "UPDATE sessions SET revoked_at = $3 WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL",
+		userID, except, s.now())
+	return err
+}
+
+// revokeSession revokes one live session of the user and reports whether there was one.
+func (s *store) revokeSession(ctx context.Context, tx pgx.Tx, userID, sessionID int64) (bool, error) {
+	tag, err := tx.Exec(ctx, "UPDATE sessions SET revoked_at = $3 WHERE id = $2 AND user_id = $1 AND revoked_at IS NULL",
+		userID, sessionID, s.now())
+	return tag.RowsAffected() == 1, err
+}
+
+// endSession revokes one session of the user (logout, or revocation from the session list),
+// recording action. Another user's session, or one already ended, is errNotFound.
+func (s *store) endSession(ctx context.Context, userID, sessionID int64, action string) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		found, err := s.revokeSession(ctx, tx, userID, sessionID)
+		if err != nil {
+			return err
+		}
+		if !found {
+			return fail(errNotFound, "Session not found")
+		}
+		return s.audit(ctx, tx, action, userID, userID, map[string]any{"session_id": sessionID})
+	})
+}
+
+// endAllSessions revokes every session of the user.
+func (s *store) endAllSessions(ctx context.Context, userID int64) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := s.revokeSessions(ctx, tx, userID, 0); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, auditLogoutAll, userID, userID, nil)
+	})
+}
+
+// liveSessions lists the user's sessions that are neither revoked nor expired, latest used first.
+func (s *store) liveSessions(ctx context.Context, userID int64) ([]session, error) {
+	rows, _ := s.pool.Query(ctx, `SELECT id, created_at, last_used_at, expires_at, ip, user_agent FROM sessions
+		WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 ORDER BY last_used_at DESC, id DESC`, userID, s.now())
+	sessions, err := pgx.CollectRows(rows, pgx.RowToStructByNameLax[session])
+	if err != nil {
+		return nil, fmt.Errorf("list sessions: %w", err)
+	}
+	for i := range sessions {
+		sessions[i].CreatedAt = sessions[i].CreatedAt.UTC()
+		sessions[i].LastUsedAt = sessions[i].LastUsedAt.UTC()
+		sessions[i].ExpiresAt = sessions[i].ExpiresAt.UTC()
+	}
+	return sessions, nil
+}
+
+// sessionUser loads the user of an access token together with whether its session is live:
+// the one query behind every authenticated request.
+func (s *store) sessionUser(ctx context.Context, userID, sessionID int64) (user, bool, error) {
+	rows, _ := s.pool.Query(ctx, "SELECT "+userColumns+`, EXISTS (SELECT 1 FROM sessions
+		WHERE id = $2 AND user_id = $1 AND revoked_at IS NULL) AS session_live FROM users WHERE id = $1`, userID, sessionID)
+	type row struct {
+		user
+		SessionLive bool `db:"session_live"`
+	}
+	r, err := pgx.CollectOneRow(rows, pgx.RowToStructByName[row])
+	if errors.Is(err, pgx.ErrNoRows) {
+		return user{}, false, errNotFound
+	}
+	if err != nil {
+		return user{}, false, fmt.Errorf("authenticate: %w", err)
+	}
+	r.CreatedAt, r.UpdatedAt = r.CreatedAt.UTC(), r.UpdatedAt.UTC()
+	return r.user, r.SessionLive, nil
+}
+
+type refreshRequest struct {
+	RefreshToken string `json:"refresh_token"`
+}
+
+func handleRefresh(cfg config, st *store, logger *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		req, err := decode[refreshRequest](w, r)
+		if err == nil && req.RefreshToken == "" {
+			err = invalidFields(map[string]string{"refresh_token": "is required"})
+		}
+		if err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
+		u, sessionID, refreshToken, err := st.refresh(r.Context(), req.RefreshToken, cfg.refreshTTL, cfg.refreshReuseInterval)
+		if err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, newTokenResponse(cfg, st, u, sessionID, refreshToken))
+	})
+}
+
+func handleLogout(st *store, logger *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := st.endSession(r.Context(), currentUser(r.Context()).ID, currentSession(r.Context()), auditLogout); err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, message{"Logged out"})
+	})
+}
+
+func handleLogoutAll(st *store, logger *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := st.endAllSessions(r.Context(), currentUser(r.Context()).ID); err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, message{"Logged out of every session"})
+	})
+}
+
+func handleListSessions(st *store, logger *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sessions, err := st.liveSessions(r.Context(), currentUser(r.Context()).ID)
+		if err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
+		for i := range sessions {
+			sessions[i].Current = sessions[i].ID == currentSession(r.Context())
+		}
+		writeJSON(w, http.StatusOK, sessions)
+	})
+}
+
+func handleRevokeSession(st *store, logger *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
+		if err != nil || id <= 0 {
+			err = fail(errInvalid, "Session id must be a positive integer")
+		} else {
+			err = st.endSession(r.Context(), currentUser(r.Context()).ID, id, auditSessionRevoked)
+		}
+		if err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, message{"Session revoked"})
+	})
+}
