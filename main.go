@@ -43,7 +43,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	flags.StringVar(&admin.Email, "email", "", "with -create-admin: the admin's email")
 	flags.StringVar(&admin.FirstName, "first-name", "", "with -create-admin: the admin's first name")
 	flags.StringVar(&admin.LastName, "last-name", "", "with -create-admin: the admin's last name")
-	if err := flags.Parse(args[1:]); err != nil {
+	if err := flags.Parse(args[1:]); errors.Is(err, flag.ErrHelp) {
+		return nil
+	} else if err != nil {
 		return err
 	}
 	getenv, err := withEnvFile(getenv, *envFile)

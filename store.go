@@ -511,6 +511,10 @@ func (s *store) changePassword(ctx context.Context, id int64, passwordHash strin
 		if err := s.revokeSessions(ctx, tx, id, keepSession); err != nil {
 			return err
 		}
+		// A reset link mailed before the change must not undo it.
+		if _, err := tx.Exec(ctx, "DELETE FROM password_reset_tokens WHERE user_id = $1", id); err != nil {
+			return err
+		}
 		return s.audit(ctx, tx, auditPasswordChanged, id, id, nil)
 	})
 	return version, err

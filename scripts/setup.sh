@@ -91,9 +91,10 @@ main() {
     create_role_and_database "$port" "$password"
     echo "$managed_marker" >>"$env_file"
     add_env DATABASE_URL "postgres://$db_role:$password@localhost:$port/$db_name?sslmode=disable"
+    # A local development set-up: reset tokens come back in API replies, no mail server needed.
+    add_env MAIL_BACKEND dummy
   fi
   add_env JWT_SECRET_KEY "$(random_secret 64)"
-  add_env MAIL_BACKEND dummy
 }
 
 main "$@"
