@@ -101,12 +101,11 @@ func verifyToken(keys keySet, token string, now time.Time) (tokenClaims, error) 
 	if !ok {
 		return claims, errTokenInvalid
 	}
-	gotMAC, err := base64.RawURLEncoding.DecodeString(signature)
-	if err != nil {
-		return claims, errTokenInvalid
-	}
+	// The signature is compared in its encoded form: base64 decoding would accept variants
+	// (other trailing bits, line breaks) of one signature, so a token would not be unique.
 	// hmac.Equal compares in constant time, so the MAC cannot be guessed byte by byte.
-	if !hmac.Equal(gotMAC, mac(key.secret, token[:len(header)+1+len(payload)])) {
+	wantMAC := base64.RawURLEncoding.EncodeToString(mac(key.secret, token[:len(header)+1+len(payload)]))
+	if !hmac.Equal([]byte(signature), []byte(wantMAC)) {
 		return claims, errTokenInvalid
 	}
 	if err := decodeSegment(payload, &claims); err != nil || claims.ExpiresAt == 0 {

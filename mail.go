@@ -5,21 +5,27 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"embed"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	htmltemplate "html/template"
 	"log/slog"
 	"mime"
+	"mime/multipart"
 	"mime/quotedprintable"
 	"net"
 	"net/smtp"
+	"net/textproto"
 	"strconv"
 	"strings"
-	"sync"
+	texttemplate "text/template"
 	"time"
 )
 
-// Mail backends (MAIL_BACKEND).
+// Mail: messages are queued in the mail_outbox table by the store, in the transaction of the
+// change that causes them, and sent by a background worker (outbox.go) through one of these
+// backends (MAIL_BACKEND).
 const (
 	mailSMTP  = "smtp"  // send through MAIL_SERVER
 	mailLog   = "log"   // write the message to the server log
@@ -27,73 +33,118 @@ const (
 )
 
 type mailConfig struct {
-	backend  string
-	server   string
-	port     int
-	username string
-	password string
-	useTLS   bool // STARTTLS after connecting
-	useSSL   bool // TLS from the first byte (port 465 style)
-	sender   string
-	timeout  time.Duration // for the whole conversation with the server
+	backend        string
+	server         string
+	port           int
+	username       string
+	password       string
+	useTLS         bool // STARTTLS after connecting, required
+	useSSL         bool // TLS from the first byte (port 465 style)
+	insecureTLS    bool // skip certificate verification: for testing only
+	sender         string
+	connectTimeout time.Duration
+	commandTimeout time.Duration // for each read or write
+	totalTimeout   time.Duration // for the whole conversation
+	maxAttempts    int
+	resetURL       string // with {token}
+	verifyURL      string // with {token}
+	publicURL      string
 }
 
+// Message kinds; each has a pair of templates, templates/<kind>.txt and .html.
+const (
+	mailPasswordReset   = "password_reset"
+	mailVerifyEmail     = "verify_email"
+	mailEmailChanged    = "email_changed"
+	mailPasswordChanged = "password_changed"
+)
+
+var mailSubjects = map[string]string{
+	mailPasswordReset:   "Reset your password",
+	mailVerifyEmail:     "Confirm your email address",
+	mailEmailChanged:    "Your email address was changed",
+	mailPasswordChanged: "Your password was changed",
+}
+
+//go:embed templates
+var templateFS embed.FS
+
+var (
+	textTemplates = texttemplate.Must(texttemplate.ParseFS(templateFS, "templates/*.txt"))
+	htmlTemplates = htmltemplate.Must(htmltemplate.ParseFS(templateFS, "templates/*.html"))
+)
+
+// mailData is what a queued message's templates need; it is stored as JSON in the outbox.
+type mailData struct {
+	Name     string `json:"name"`
+	Username string `json:"username"`
+	Email    string `json:"email"`
+	NewEmail string `json:"new_email,omitempty"`
+	Token    string `json:"token,omitempty"`
+	Expires  string `json:"expires,omitempty"`
+	How      string `json:"how,omitempty"`
+	Link     string `json:"-"` // filled in when rendered, from the configured URLs
+	APIURL   string `json:"-"`
+}
+
+// newMailData starts the data of a message to u.
+func newMailData(u user) mailData {
+	return mailData{Name: u.FirstName, Username: u.Username, Email: u.Email}
+}
+
+// mailMessage is a rendered message.
 type mailMessage struct {
 	to      string
 	subject string
-	body    string
+	text    string
+	html    string
 }
 
-// mailer sends mail in the background, so that no reply waits for (or reveals by its timing)
-// a mail server; wait lets shutdown finish what was started.
-type mailer struct {
-	cfg      mailConfig
-	logger   *slog.Logger
-	inFlight sync.WaitGroup
+// render fills a kind's templates. Links are made here, at sending time, so that a change of
+// PUBLIC_URL applies to queued mail too.
+func render(cfg mailConfig, kind, to string, d mailData) (mailMessage, error) {
+	api := strings.TrimRight(cfg.publicURL, "/")
+	switch kind {
+	case mailPasswordReset:
+		d.Link = strings.ReplaceAll(cfg.resetURL, "{token}", d.Token)
+		d.APIURL = api + "/api/auth/reset-password/" + d.Token
+	case mailVerifyEmail:
+		d.Link = strings.ReplaceAll(cfg.verifyURL, "{token}", d.Token)
+		d.APIURL = api + "/api/auth/verify-email/" + d.Token
+	}
+	var text, html bytes.Buffer
+	if err := textTemplates.ExecuteTemplate(&text, kind+".txt", d); err != nil {
+		return mailMessage{}, fmt.Errorf("render %s: %w", kind, err)
+	}
+	if err := htmlTemplates.ExecuteTemplate(&html, kind+".html", d); err != nil {
+		return mailMessage{}, fmt.Errorf("render %s: %w", kind, err)
+	}
+	return mailMessage{to: to, subject: mailSubjects[kind], text: text.String(), html: html.String()}, nil
 }
 
-func newMailer(cfg mailConfig, logger *slog.Logger) *mailer {
-	return &mailer{cfg: cfg, logger: logger}
-}
-
-// revealsTokens reports whether replies may carry reset tokens (the dummy backend).
-func (m *mailer) revealsTokens() bool { return m.cfg.backend == mailDummy }
-
-func (m *mailer) sendAsync(msg mailMessage) {
-	m.inFlight.Go(func() {
-		if err := m.send(msg); err != nil {
-			m.logger.Error("mail not sent", "subject", msg.subject, "err", err)
-		}
-	})
-}
-
-func (m *mailer) wait() { m.inFlight.Wait() }
-
-func (m *mailer) send(msg mailMessage) error {
-	if m.cfg.backend != mailSMTP {
-		// The body holds a reset token: this backend is for development, where the log is
+// deliver hands a rendered message to the configured backend.
+func deliver(ctx context.Context, cfg mailConfig, logger *slog.Logger, msg mailMessage) error {
+	if cfg.backend != mailSMTP {
+		// The body may hold a token: these backends are for development, where the log is
 		// the mailbox.
-		m.logger.Info("mail", "to", msg.to, "subject", msg.subject, "body", msg.body)
+		logger.Info("mail", "to", msg.to, "subject", msg.subject, "body", msg.text)
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.timeout)
-	defer cancel()
-	return sendSMTP(ctx, m.cfg, msg)
+	return sendSMTP(ctx, cfg, msg)
 }
 
-// sendSMTP delivers one message. It refuses to go on without TLS when STARTTLS was asked for,
-// and net/smtp's PlainAuth refuses to send credentials unencrypted except to localhost.
+// sendSMTP delivers one message. With MAIL_USE_TLS it refuses to go on unless the server
+// offers STARTTLS; net/smtp's PlainAuth refuses to send credentials unencrypted except to
+// localhost.
 func sendSMTP(ctx context.Context, cfg mailConfig, msg mailMessage) error {
 	addr := net.JoinHostPort(cfg.server, strconv.Itoa(cfg.port))
-	tlsConfig := &tls.Config{ServerName: cfg.server, MinVersion: tls.VersionTLS12}
-	dialer := &net.Dialer{}
-	conn, err := dialer.DialContext(ctx, "tcp", addr)
+	tlsConfig := &tls.Config{ServerName: cfg.server, MinVersion: tls.VersionTLS12, InsecureSkipVerify: cfg.insecureTLS}
+	dialer := &net.Dialer{Timeout: cfg.connectTimeout}
+	raw, err := dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return fmt.Errorf("connect to %s: %w", addr, err)
 	}
-	if deadline, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(deadline)
-	}
+	var conn net.Conn = &deadlineConn{Conn: raw, perOp: cfg.commandTimeout, end: time.Now().Add(cfg.totalTimeout)}
 	if cfg.useSSL {
 		conn = tls.Client(conn, tlsConfig)
 	}
@@ -138,39 +189,57 @@ func sendSMTP(ctx context.Context, cfg mailConfig, msg mailMessage) error {
 	return c.Quit()
 }
 
-// formatMessage renders an RFC 5322 message with a UTF-8 quoted-printable text body.
+// deadlineConn bounds every read and write by perOp, and all of them together by end, so a
+// stalled server cannot hold a sender forever.
+type deadlineConn struct {
+	net.Conn
+	perOp time.Duration
+	end   time.Time
+}
+
+func (c *deadlineConn) Read(b []byte) (int, error) {
+	_ = c.SetDeadline(c.deadline())
+	return c.Conn.Read(b)
+}
+
+func (c *deadlineConn) Write(b []byte) (int, error) {
+	_ = c.SetDeadline(c.deadline())
+	return c.Conn.Write(b)
+}
+
+func (c *deadlineConn) deadline() time.Time {
+	if d := time.Now().Add(c.perOp); d.Before(c.end) {
+		return d
+	}
+	return c.end
+}
+
+// formatMessage renders an RFC 5322 message: multipart/alternative with a text and an HTML
+// part, both UTF-8 in quoted-printable, and an RFC 2047 encoded subject.
 func formatMessage(from string, msg mailMessage, now time.Time) []byte {
-	var b bytes.Buffer
+	var body bytes.Buffer
+	parts := multipart.NewWriter(&body)
+	for _, p := range []struct{ contentType, content string }{
+		{"text/plain; charset=utf-8", msg.text},
+		{"text/html; charset=utf-8", msg.html},
+	} {
+		w, _ := parts.CreatePart(textproto.MIMEHeader{ // writes to a bytes.Buffer do not fail
+			"Content-Type":              {p.contentType},
+			"Content-Transfer-Encoding": {"quoted-printable"},
+		})
+		qp := quotedprintable.NewWriter(w)
+		_, _ = qp.Write([]byte(strings.ReplaceAll(p.content, "\n", "\r\n")))
+		_ = qp.Close()
+	}
+	_ = parts.Close()
+
 	id := make([]byte, 16)
 	_, _ = rand.Read(id)
 	domain := from[strings.LastIndex(from, "@")+1:]
+	var b bytes.Buffer
 	fmt.Fprintf(&b, "From: %s\r\nTo: %s\r\nSubject: %s\r\nDate: %s\r\nMessage-ID: <%s@%s>\r\n",
 		from, msg.to, mime.QEncoding.Encode("utf-8", msg.subject), now.Format(time.RFC1123Z), hex.EncodeToString(id), domain)
-	b.WriteString("MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n")
-	qp := quotedprintable.NewWriter(&b)
-	_, _ = qp.Write([]byte(strings.ReplaceAll(msg.body, "\n", "\r\n")))
-	_ = qp.Close()
+	fmt.Fprintf(&b, "MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=%q\r\n\r\n", parts.Boundary())
+	b.Write(body.Bytes())
 	return b.Bytes()
-}
-
-// resetMail is the password reset message for u.
-func resetMail(cfg config, u user, token string) mailMessage {
-	link := strings.TrimRight(cfg.publicURL, "/") + "/api/auth/reset-password/" + token
-	return mailMessage{
-		to:      u.Email,
-		subject: "Reset your password",
-		body: fmt.Sprintf(`Hello %s,
-
-Someone asked to reset the password of your account %q.
-If it was you, set a new password within %s with this token:
-
-    %s
-
-for example:
-
-    curl -X POST %s -H 'Content-Type: application/json' -d '{"new_password": "..."}'
-
-If it was not you, ignore this message: your password stays as it is.
-`, u.FirstName, u.Username, cfg.resetTTL, token, link),
-	}
 }

@@ -73,11 +73,12 @@ func serve(ctx context.Context, cfg config, st *store, logger *slog.Logger) erro
 	if cfg.mail.backend == mailDummy {
 		logger.Warn("MAIL_BACKEND=dummy: password reset tokens are returned in API responses; never use this in production")
 	}
-	mail := newMailer(cfg.mail, logger)
-	defer mail.wait()
 	go sweepExpired(ctx, st, logger)
+	outboxDone := make(chan struct{})
+	go func() { runOutbox(ctx, cfg.mail, st, logger); close(outboxDone) }()
+	defer func() { <-outboxDone }() // a message being sent is finished before exit
 	srv := &http.Server{
-		Handler:           newServer(cfg, st, mail, logger),
+		Handler:           newServer(cfg, st, logger),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       15 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -122,7 +123,8 @@ type config struct {
 	bcryptCost           int
 	passwordMinLength    int
 	resetTTL             time.Duration
-	publicURL            string
+	verifyTTL            time.Duration
+	requireVerifiedEmail bool
 	mail                 mailConfig
 }
 
@@ -180,17 +182,25 @@ func loadConfig(getenv func(string) string) (config, error) {
 		bcryptCost:           num("BCRYPT_COST", 12, 4, 31),
 		passwordMinLength:    num("PASSWORD_MIN_LENGTH", 8, 1, 72),
 		resetTTL:             seconds("PASSWORD_RESET_TOKEN_EXPIRES", 3600),
+		verifyTTL:            seconds("EMAIL_VERIFICATION_EXPIRES", 24*3600),
+		requireVerifiedEmail: boolean("REQUIRE_VERIFIED_EMAIL"),
 		mail: mailConfig{
-			server:   getenv("MAIL_SERVER"),
-			username: getenv("MAIL_USERNAME"),
-			password: getenv("MAIL_PASSWORD"),
-			useTLS:   boolean("MAIL_USE_TLS"),
-			useSSL:   boolean("MAIL_USE_SSL"),
-			sender:   str("MAIL_DEFAULT_SENDER", "usermgmt@localhost"),
-			timeout:  30 * time.Second,
+			server:         getenv("MAIL_SERVER"),
+			username:       getenv("MAIL_USERNAME"),
+			password:       getenv("MAIL_PASSWORD"),
+			useTLS:         boolean("MAIL_USE_TLS"),
+			useSSL:         boolean("MAIL_USE_SSL"),
+			insecureTLS:    boolean("MAIL_TLS_INSECURE_SKIP_VERIFY"),
+			sender:         str("MAIL_DEFAULT_SENDER", "usermgmt@localhost"),
+			connectTimeout: 10 * time.Second,
+			commandTimeout: 30 * time.Second,
+			totalTimeout:   2 * time.Minute,
+			maxAttempts:    num("MAIL_MAX_ATTEMPTS", 8, 1, 100),
 		},
 	}
-	cfg.publicURL = str("PUBLIC_URL", "http://localhost"+portSuffix(cfg.addr))
+	cfg.mail.publicURL = strings.TrimRight(str("PUBLIC_URL", "http://localhost"+portSuffix(cfg.addr)), "/")
+	cfg.mail.resetURL = str("PASSWORD_RESET_URL", cfg.mail.publicURL+"/api/auth/reset-password/{token}")
+	cfg.mail.verifyURL = str("EMAIL_VERIFICATION_URL", cfg.mail.publicURL+"/api/auth/verify-email/{token}")
 	if cfg.mail.useSSL {
 		cfg.mail.port = num("MAIL_PORT", 465, 1, 65535)
 	} else {
@@ -201,13 +211,19 @@ func loadConfig(getenv func(string) string) (config, error) {
 		defaultBackend = mailSMTP
 	}
 	cfg.mail.backend = str("MAIL_BACKEND", defaultBackend)
-	switch {
-	case cfg.databaseURL == "":
+	if cfg.databaseURL == "" {
 		problems = append(problems, "DATABASE_URL is required (`make run` writes one to .env)")
-	case len(secret) < 32:
+	}
+	if len(secret) < 32 {
 		problems = append(problems, "JWT_SECRET_KEY is required and must be at least 32 bytes (try: openssl rand -hex 32)")
-	case previous != "" && len(previous) < 32:
+	}
+	if previous != "" && len(previous) < 32 {
 		problems = append(problems, "JWT_SECRET_KEY_PREVIOUS must be at least 32 bytes when set")
+	}
+	for _, name := range []string{"PASSWORD_RESET_URL", "EMAIL_VERIFICATION_URL"} {
+		if v := getenv(name); v != "" && !strings.Contains(v, "{token}") {
+			problems = append(problems, name+" must contain {token}")
+		}
 	}
 	switch cfg.mail.backend {
 	case mailSMTP:

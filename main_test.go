@@ -58,23 +58,62 @@ func newTestDatabase(t testing.TB) string {
 	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
 		t.Fatalf("creating test database (the role of DATABASE_URL needs CREATEDB): %v", err)
 	}
-	t.Cleanup(func() {
-		conn, err := pgx.Connect(ctx, adminURL)
-		if err != nil {
-			t.Errorf("dropping %s: %v", name, err)
-			return
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
-			t.Errorf("dropping %s: %v", name, err)
-		}
-	})
+	t.Cleanup(func() { dropTestDatabase(t, adminURL, name) })
 	u, err := url.Parse(adminURL)
 	if err != nil {
 		t.Fatalf("parsing DATABASE_URL: %v", err)
 	}
 	u.Path = "/" + name
 	return u.String()
+}
+
+// dropTestDatabase drops a test's database once its connections are gone. A plain DROP waits
+// out autovacuum by itself, where WITH (FORCE) would need the right to signal it; a test whose
+// own connections linger (a server still shutting down) is retried for a while.
+func dropTestDatabase(t testing.TB, adminURL, name string) {
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, adminURL)
+	if err != nil {
+		t.Errorf("dropping %s: %v", name, err)
+		return
+	}
+	defer conn.Close(ctx)
+	for attempt := 0; ; attempt++ {
+		_, err = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+name)
+		if err == nil || attempt == 100 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		t.Errorf("dropping %s: %v", name, err)
+	}
+}
+
+// deliverMail sends every due message of the outbox through the configured backend, as the
+// background worker would, and returns them rendered.
+func (e *testEnv) deliverMail(t testing.TB) []mailMessage {
+	t.Helper()
+	var sent []mailMessage
+	for {
+		found, err := e.st.deliverNext(context.Background(), e.cfg.mail.maxAttempts, func(m queuedMail) error {
+			msg, err := render(e.cfg.mail, m.Kind, m.Recipient, m.Data)
+			if err != nil {
+				return err
+			}
+			if err := deliver(context.Background(), e.cfg.mail, slog.New(slog.NewTextHandler(e.logs, nil)), msg); err != nil {
+				return err
+			}
+			sent = append(sent, msg)
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("delivering mail: %v", err)
+		}
+		if !found {
+			return sent
+		}
+	}
 }
 
 // testClock is a clock the test moves by hand.
@@ -129,8 +168,18 @@ func testConfig(databaseURL string) config {
 		bcryptCost:           4,
 		passwordMinLength:    8,
 		resetTTL:             time.Hour,
-		publicURL:            "http://usermgmt.test",
-		mail:                 mailConfig{backend: mailDummy, sender: "usermgmt@example.com", timeout: 5 * time.Second},
+		verifyTTL:            24 * time.Hour,
+		mail: mailConfig{
+			backend:        mailDummy,
+			sender:         "usermgmt@example.com",
+			connectTimeout: 5 * time.Second,
+			commandTimeout: 5 * time.Second,
+			totalTimeout:   10 * time.Second,
+			maxAttempts:    3,
+			publicURL:      "http://usermgmt.test",
+			resetURL:       "http://usermgmt.test/reset?token={token}",
+			verifyURL:      "http://usermgmt.test/verify?token={token}",
+		},
 	}
 }
 
@@ -140,7 +189,6 @@ type testEnv struct {
 	st     *store
 	clock  *testClock
 	logs   *syncBuffer
-	mail   *mailer
 	server *httptest.Server
 }
 
@@ -158,12 +206,10 @@ func newTestEnv(t testing.TB, change ...func(*config)) *testEnv {
 	}
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, nil))
-	mail := newMailer(cfg.mail, logger)
-	env := &testEnv{cfg: cfg, st: st, clock: clock, logs: logs, mail: mail}
-	env.server = httptest.NewServer(newServer(cfg, st, mail, logger))
+	env := &testEnv{cfg: cfg, st: st, clock: clock, logs: logs}
+	env.server = httptest.NewServer(newServer(cfg, st, logger))
 	t.Cleanup(func() {
 		env.server.Close()
-		mail.wait()
 		st.close()
 	})
 	return env
@@ -254,11 +300,15 @@ func (e *testEnv) addUser(t testing.TB, username, role string) user {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, err := e.st.createUser(context.Background(), newUser{
+	ctx := context.Background()
+	id, err := e.st.createUser(ctx, newUser{
 		Username: username, FirstName: "First " + username, LastName: "Last", Email: username + "@example.com",
-	}, hash, role)
+	}, hash, e.cfg.verifyTTL)
 	if err != nil {
 		t.Fatalf("adding user %s: %v", username, err)
+	}
+	if _, err := e.st.pool.Exec(ctx, "UPDATE users SET role = $2 WHERE id = $1", id, role); err != nil {
+		t.Fatal(err)
 	}
 	u, err := e.st.userByID(context.Background(), id)
 	if err != nil {

@@ -6,14 +6,14 @@ import (
 )
 
 // newServer returns the service's whole HTTP handler.
-func newServer(cfg config, st *store, mail *mailer, logger *slog.Logger) http.Handler {
+func newServer(cfg config, st *store, logger *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
-	addRoutes(mux, cfg, st, mail, logger)
+	addRoutes(mux, cfg, st, logger)
 	return withDeadline(withOrigin(cfg.trustedProxies, logRequests(logger, secureHeaders(jsonMuxErrors(mux)))))
 }
 
 // addRoutes lists the whole API and what guards each route.
-func addRoutes(mux *http.ServeMux, cfg config, st *store, mail *mailer, logger *slog.Logger) {
+func addRoutes(mux *http.ServeMux, cfg config, st *store, logger *slog.Logger) {
 	pw := newHasher(cfg.bcryptCost, cfg.bcryptConcurrency)
 	authed := requireAuth(cfg, st, logger)
 	admin := func(h http.Handler) http.Handler { return authed(requireAdmin(logger)(h)) }
@@ -26,16 +26,18 @@ func addRoutes(mux *http.ServeMux, cfg config, st *store, mail *mailer, logger *
 	mux.Handle("POST /api/auth/refresh", limited(handleRefresh(cfg, st, logger)))
 	mux.Handle("POST /api/auth/logout", authed(handleLogout(st, logger)))
 	mux.Handle("POST /api/auth/logout-all", authed(handleLogoutAll(st, logger)))
-	mux.Handle("POST /api/auth/password-reset-request", limited(handlePasswordResetRequest(cfg, st, mail, logger)))
+	mux.Handle("POST /api/auth/password-reset-request", limited(handlePasswordResetRequest(cfg, st, logger)))
 	mux.Handle("POST /api/auth/reset-password/{token}", limited(handleResetPassword(cfg, st, pw, logger)))
 	mux.Handle("POST /api/auth/change-password", authed(handleChangePassword(cfg, st, pw, logger)))
+	mux.Handle("POST /api/auth/verify-email/{token}", limited(handleVerifyEmail(st, logger)))
+	mux.Handle("POST /api/auth/resend-verification", limited(handleResendVerification(cfg, st, logger)))
 
 	mux.Handle("GET /api/users/me", authed(handleMe()))
 	mux.Handle("GET /api/users/me/sessions", authed(handleListSessions(st, logger)))
 	mux.Handle("DELETE /api/users/me/sessions/{id}", authed(handleRevokeSession(st, logger)))
 	mux.Handle("GET /api/users/{id}", authed(handleGetUser(st, logger)))
-	mux.Handle("PUT /api/users/{id}", authed(handleUpdateUser(st, logger)))
-	mux.Handle("PATCH /api/users/{id}", authed(handleUpdateUser(st, logger)))
+	mux.Handle("PUT /api/users/{id}", authed(handleUpdateUser(cfg, st, logger)))
+	mux.Handle("PATCH /api/users/{id}", authed(handleUpdateUser(cfg, st, logger)))
 	mux.Handle("DELETE /api/users/{id}", admin(handleDeleteUser(st, logger)))
 
 	mux.Handle("GET /api/admin/users", admin(handleListUsers(st, logger)))

@@ -92,3 +92,33 @@ CREATE TABLE IF NOT EXISTS audit_log (
 CREATE INDEX IF NOT EXISTS audit_log_created_idx ON audit_log (created_at);
 CREATE INDEX IF NOT EXISTS audit_log_target_idx ON audit_log (target_id, action, created_at);
 CREATE INDEX IF NOT EXISTS audit_log_actor_idx ON audit_log (actor_id, created_at);
+
+-- Email verification (added after the first release: existing users start unverified).
+ALTER TABLE users ADD COLUMN IF NOT EXISTS email_verified boolean NOT NULL DEFAULT false;
+
+-- Verification tokens, stored as SHA-256 only, each for the address it was mailed to.
+CREATE TABLE IF NOT EXISTS email_verification_tokens (
+    token_hash bytea       PRIMARY KEY,
+    user_id    bigint      NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    email      text        NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS email_verification_tokens_user_idx ON email_verification_tokens (user_id);
+
+-- Mail waiting to be sent, written in the transaction of the change that causes it, so that
+-- no mail is lost when SMTP fails or the process dies. data holds what the template needs
+-- (a token among it) and is emptied once the message is sent or given up.
+CREATE TABLE IF NOT EXISTS mail_outbox (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind            text        NOT NULL,
+    recipient       text        NOT NULL,
+    data            jsonb       NOT NULL,
+    created_at      timestamptz NOT NULL,
+    next_attempt_at timestamptz NOT NULL,
+    attempts        integer     NOT NULL DEFAULT 0,
+    sent_at         timestamptz,
+    failed_at       timestamptz,
+    last_error      text
+);
+CREATE INDEX IF NOT EXISTS mail_outbox_due_idx ON mail_outbox (next_attempt_at)
+    WHERE sent_at IS NULL AND failed_at IS NULL;

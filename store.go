@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -36,17 +37,18 @@ type store struct {
 
 // user is a row of the users table. The hash and token version never leave the server.
 type user struct {
-	ID           int64     `json:"id" db:"id"`
-	Username     string    `json:"username" db:"username"`
-	FirstName    string    `json:"first_name" db:"first_name"`
-	LastName     string    `json:"last_name" db:"last_name"`
-	Email        string    `json:"email" db:"email"`
-	Role         string    `json:"role" db:"role"`
-	IsActive     bool      `json:"is_active" db:"is_active"`
-	CreatedAt    time.Time `json:"created_at" db:"created_at"`
-	UpdatedAt    time.Time `json:"updated_at" db:"updated_at"`
-	PasswordHash string    `json:"-" db:"password_hash"`
-	TokenVersion int64     `json:"-" db:"token_version"`
+	ID            int64     `json:"id" db:"id"`
+	Username      string    `json:"username" db:"username"`
+	FirstName     string    `json:"first_name" db:"first_name"`
+	LastName      string    `json:"last_name" db:"last_name"`
+	Email         string    `json:"email" db:"email"`
+	Role          string    `json:"role" db:"role"`
+	IsActive      bool      `json:"is_active" db:"is_active"`
+	EmailVerified bool      `json:"email_verified" db:"email_verified"`
+	CreatedAt     time.Time `json:"created_at" db:"created_at"`
+	UpdatedAt     time.Time `json:"updated_at" db:"updated_at"`
+	PasswordHash  string    `json:"-" db:"password_hash"`
+	TokenVersion  int64     `json:"-" db:"token_version"`
 }
 
 const (
@@ -54,7 +56,7 @@ const (
 	roleUser  = "User"
 )
 
-const userColumns = `id, username, first_name, last_name, email, role, is_active,
+const userColumns = `id, username, first_name, last_name, email, role, is_active, email_verified,
 	created_at, updated_at, password_hash, token_version`
 
 // openStore connects to PostgreSQL and applies the schema, retrying while the database is
@@ -126,12 +128,17 @@ type newUser struct {
 	Email     string
 }
 
-// createUser inserts a user and returns its id. A taken username or email is errConflict.
-func (s *store) createUser(ctx context.Context, u newUser, passwordHash, role string) (int64, error) {
+// createUser registers a user with the User role and queues the mail that verifies their
+// address. A taken username or email is errConflict.
+func (s *store) createUser(ctx context.Context, u newUser, passwordHash string, verifyTTL time.Duration) (int64, error) {
 	var id int64
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var err error
-		if id, err = insertUser(ctx, tx, u, passwordHash, role); err != nil {
+		if id, err = insertUser(ctx, tx, u, passwordHash, roleUser, false); err != nil {
+			return err
+		}
+		created := user{ID: id, Username: u.Username, FirstName: u.FirstName, Email: u.Email}
+		if err := s.queueVerification(ctx, tx, created, verifyTTL); err != nil {
 			return err
 		}
 		return s.audit(ctx, tx, auditRegister, id, id, nil)
@@ -139,11 +146,11 @@ func (s *store) createUser(ctx context.Context, u newUser, passwordHash, role st
 	return id, err
 }
 
-func insertUser(ctx context.Context, tx pgx.Tx, u newUser, passwordHash, role string) (int64, error) {
+func insertUser(ctx context.Context, tx pgx.Tx, u newUser, passwordHash, role string, verified bool) (int64, error) {
 	var id int64
-	err := tx.QueryRow(ctx, `INSERT INTO users (username, first_name, last_name, email, password_hash, role)
-		VALUES ($1, $2, $3, $4, $5, $6) RETURNING id`,
-		u.Username, u.FirstName, u.LastName, u.Email, passwordHash, role).Scan(&id)
+	err := tx.QueryRow(ctx, `INSERT INTO users (username, first_name, last_name, email, password_hash, role, email_verified)
+		VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id`,
+		u.Username, u.FirstName, u.LastName, u.Email, passwordHash, role, verified).Scan(&id)
 	if err != nil {
 		return 0, fmt.Errorf("create user: %w", uniqueViolation(err))
 	}
@@ -166,7 +173,8 @@ func (s *store) createFirstAdmin(ctx context.Context, u newUser, passwordHash st
 			return fail(errConflict, "An admin already exists; manage users through the API")
 		}
 		var err error
-		if id, err = insertUser(ctx, tx, u, passwordHash, roleAdmin); err != nil {
+		// The first admin's address is taken on trust: whoever runs this owns the server.
+		if id, err = insertUser(ctx, tx, u, passwordHash, roleAdmin, true); err != nil {
 			return err
 		}
 		return s.audit(ctx, tx, auditAdminCreated, 0, id, map[string]any{"username": u.Username})
@@ -206,18 +214,19 @@ func queryUser(ctx context.Context, db interface {
 
 // userPatch is a partial update; nil fields are left alone.
 type userPatch struct {
-	Username  *string `json:"username"`
-	FirstName *string `json:"first_name"`
-	LastName  *string `json:"last_name"`
-	Email     *string `json:"email"`
-	Role      *string `json:"role"`
-	IsActive  *bool   `json:"is_active"`
+	Username      *string `json:"username"`
+	FirstName     *string `json:"first_name"`
+	LastName      *string `json:"last_name"`
+	Email         *string `json:"email"`
+	Role          *string `json:"role"`
+	IsActive      *bool   `json:"is_active"`
+	EmailVerified *bool   `json:"email_verified"`
 }
 
 // updateUser applies a patch to user id on behalf of actor, enforcing authorizeUpdate inside
 // the transaction. A change of role or active state bumps the token version and revokes every
 // session, which ends every access and refresh token the user holds.
-func (s *store) updateUser(ctx context.Context, actor user, id int64, p userPatch) (user, error) {
+func (s *store) updateUser(ctx context.Context, actor user, id int64, p userPatch, verifyTTL time.Duration) (user, error) {
 	var updated user
 	err := s.adminChange(ctx, actor, id, func(tx pgx.Tx, target user) error {
 		if err := authorizeUpdate(actor, target, p); err != nil {
@@ -236,13 +245,18 @@ func (s *store) updateUser(ctx context.Context, actor user, id int64, p userPatc
 				email = COALESCE($5, email),
 				role = COALESCE($6, role),
 				is_active = COALESCE($7, is_active),
+				-- a new address is unverified unless an admin says otherwise in the same update
+				email_verified = COALESCE($8, CASE WHEN lower(COALESCE($5, email)) <> lower(email) THEN false ELSE email_verified END),
 				token_version = token_version +
 					CASE WHEN COALESCE($6, role) <> role OR COALESCE($7, is_active) <> is_active THEN 1 ELSE 0 END,
 				updated_at = now()
 			WHERE id = $1 RETURNING `+userColumns,
-			id, p.Username, p.FirstName, p.LastName, p.Email, p.Role, p.IsActive)
+			id, p.Username, p.FirstName, p.LastName, p.Email, p.Role, p.IsActive, p.EmailVerified)
 		if err != nil {
 			return uniqueViolation(err)
+		}
+		if err := s.mailEmailChange(ctx, tx, target, updated, verifyTTL); err != nil {
+			return err
 		}
 		return s.auditUpdate(ctx, tx, actor, target, updated)
 	})
@@ -261,6 +275,7 @@ func (s *store) auditUpdate(ctx context.Context, tx pgx.Tx, actor, before, after
 		{"first_name", before.FirstName, after.FirstName},
 		{"last_name", before.LastName, after.LastName},
 		{"email", before.Email, after.Email},
+		{"email_verified", strconv.FormatBool(before.EmailVerified), strconv.FormatBool(after.EmailVerified)},
 	} {
 		if f.before != f.after {
 			fields = append(fields, f.name)
@@ -412,19 +427,37 @@ func escapeLike(s string) string {
 	return strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(s)
 }
 
-// Reset mail is capped per account, so the endpoint cannot be used to flood a mailbox.
+// Mail a user can have sent by asking (reset, verification) is capped per account, so these
+// endpoints cannot be used to flood a mailbox.
 const (
-	resetMailsPerMinute = 1
-	resetMailsPerHour   = 5
+	askedMailsPerMinute = 1
+	askedMailsPerHour   = 5
 )
 
-// errResetCapped means the account was sent as many reset mails as allowed for now.
-var errResetCapped = errors.New("password reset mail cap reached")
+// errMailCapped means the account was sent as many mails of a kind as allowed for now.
+var errMailCapped = errors.New("mail cap reached")
+
+// checkMailCap returns errMailCapped when the user's recent audit rows of action (one per
+// mail sent) reach the cap.
+func (s *store) checkMailCap(ctx context.Context, tx pgx.Tx, userID int64, action string) error {
+	var lastMinute, lastHour int
+	now := s.now()
+	err := tx.QueryRow(ctx, `SELECT count(*) FILTER (WHERE created_at > $4), count(*) FROM audit_log
+		WHERE target_id = $1 AND action = $2 AND created_at > $3`,
+		userID, action, now.Add(-time.Hour), now.Add(-time.Minute)).Scan(&lastMinute, &lastHour)
+	if err != nil {
+		return fmt.Errorf("mail cap: %w", err)
+	}
+	if lastMinute >= askedMailsPerMinute || lastHour >= askedMailsPerHour {
+		return errMailCapped
+	}
+	return nil
+}
 
 // createResetToken replaces any earlier reset token of the active user with this email by a
 // new one and returns it. Only its SHA-256 is stored. errNotFound when there is no such user,
-// errResetCapped when it has had its share of reset mails.
-func (s *store) createResetToken(ctx context.Context, email string, ttl time.Duration) (string, user, error) {
+// errMailCapped when it has had its share of reset mails.
+func (s *store) createResetToken(ctx context.Context, email string, ttl time.Duration) (string, error) {
 	token := randomToken()
 	var u user
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
@@ -433,28 +466,25 @@ func (s *store) createResetToken(ctx context.Context, email string, ttl time.Dur
 		if err != nil {
 			return err
 		}
-		var lastMinute, lastHour int
-		now := s.now()
-		err = tx.QueryRow(ctx, `SELECT count(*) FILTER (WHERE created_at > $3), count(*) FROM audit_log
-			WHERE target_id = $1 AND action = 'password_reset_requested' AND created_at > $2`,
-			u.ID, now.Add(-time.Hour), now.Add(-time.Minute)).Scan(&lastMinute, &lastHour)
-		if err != nil {
+		if err := s.checkMailCap(ctx, tx, u.ID, auditPasswordResetRequest); err != nil {
 			return err
-		}
-		if lastMinute >= resetMailsPerMinute || lastHour >= resetMailsPerHour {
-			return errResetCapped
 		}
 		if _, err := tx.Exec(ctx, "DELETE FROM password_reset_tokens WHERE user_id = $1", u.ID); err != nil {
 			return err
 		}
 		_, err = tx.Exec(ctx, "INSERT INTO password_reset_tokens (token_hash, user_id, expires_at) VALUES ($1, $2, $3)",
-			hashToken(token), u.ID, now.Add(ttl))
+			hashToken(token), u.ID, s.now().Add(ttl))
 		if err != nil {
+			return err
+		}
+		d := newMailData(u)
+		d.Token, d.Expires = token, humanDuration(ttl)
+		if err := s.enqueueMail(ctx, tx, mailPasswordReset, u.Email, d); err != nil {
 			return err
 		}
 		return s.audit(ctx, tx, auditPasswordResetRequest, 0, u.ID, nil)
 	})
-	return token, u, err
+	return token, err
 }
 
 // resetPassword consumes a reset token and sets the password to the hash newHash returns; it
@@ -491,6 +521,9 @@ func (s *store) resetPassword(ctx context.Context, token string, newHash func() 
 		if err := s.revokeSessions(ctx, tx, userID, 0); err != nil {
 			return err
 		}
+		if err := s.mailPasswordChanged(ctx, tx, userID, "reset"); err != nil {
+			return err
+		}
 		return s.audit(ctx, tx, auditPasswordReset, userID, userID, nil)
 	})
 }
@@ -513,6 +546,9 @@ func (s *store) changePassword(ctx context.Context, id int64, passwordHash strin
 		}
 		// A reset link mailed before the change must not undo it.
 		if _, err := tx.Exec(ctx, "DELETE FROM password_reset_tokens WHERE user_id = $1", id); err != nil {
+			return err
+		}
+		if err := s.mailPasswordChanged(ctx, tx, id, "changed"); err != nil {
 			return err
 		}
 		return s.audit(ctx, tx, auditPasswordChanged, id, id, nil)

@@ -71,7 +71,7 @@ func parseRole(s string) (string, bool) {
 	return s, false
 }
 
-func handleUpdateUser(st *store, logger *slog.Logger) http.Handler {
+func handleUpdateUser(cfg config, st *store, logger *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id, err := targetID(r)
 		var patch userPatch
@@ -83,7 +83,7 @@ func handleUpdateUser(st *store, logger *slog.Logger) http.Handler {
 		}
 		var u user
 		if err == nil {
-			u, err = st.updateUser(r.Context(), currentUser(r.Context()), id, patch)
+			u, err = st.updateUser(r.Context(), currentUser(r.Context()), id, patch, cfg.verifyTTL)
 		}
 		if err != nil {
 			writeError(w, r, logger, userNotFound(err))
@@ -133,10 +133,11 @@ func userNotFound(err error) error {
 // another admin. (Whether an admin may demote themself depends on the other admins: see
 // store.updateUser.)
 func authorizeUpdate(actor, target user, p userPatch) error {
-	changesAccess := p.Role != nil && *p.Role != target.Role || p.IsActive != nil && *p.IsActive != target.IsActive
+	changesAccess := p.Role != nil && *p.Role != target.Role || p.IsActive != nil && *p.IsActive != target.IsActive ||
+		p.EmailVerified != nil && *p.EmailVerified != target.EmailVerified
 	switch {
 	case actor.ID == target.ID && actor.Role != roleAdmin && changesAccess:
-		return fail(errForbidden, "You cannot change your own role or active state")
+		return fail(errForbidden, "You cannot change your own role, active state or email verification")
 	case actor.ID != target.ID && actor.Role != roleAdmin:
 		return fail(errForbidden, "You may only access your own account")
 	case actor.ID != target.ID && target.Role == roleAdmin:

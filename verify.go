@@ -1,0 +1,154 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Email verification, and the notices mailed when an address or a password changes.
+
+const auditVerificationRequested = "email_verification_requested"
+const auditEmailVerified = "email_verified"
+
+// queueVerification issues a verification token for u's current address (replacing earlier
+// ones) and queues the mail carrying it. Only the token's SHA-256 is stored.
+func (s *store) queueVerification(ctx context.Context, tx pgx.Tx, u user, ttl time.Duration) error {
+	token := randomToken()
+	if _, err := tx.Exec(ctx, "DELETE FROM email_verification_tokens WHERE user_id = $1", u.ID); err != nil {
+		return err
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO email_verification_tokens (token_hash, user_id, email, expires_at)
+		VALUES ($1, $2, $3, $4)`, hashToken(token), u.ID, u.Email, s.now().Add(ttl))
+	if err != nil {
+		return fmt.Errorf("verification token: %w", err)
+	}
+	d := newMailData(u)
+	d.Token, d.Expires = token, humanDuration(ttl)
+	if err := s.enqueueMail(ctx, tx, mailVerifyEmail, u.Email, d); err != nil {
+		return err
+	}
+	return s.audit(ctx, tx, auditVerificationRequested, 0, u.ID, nil)
+}
+
+// resendVerification queues a new verification mail for the active, unverified user with this
+// address. errNotFound when there is none, errMailCapped past the cap.
+func (s *store) resendVerification(ctx context.Context, email string, ttl time.Duration) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		u, err := queryUser(ctx, tx, "SELECT "+userColumns+` FROM users
+			WHERE lower(email) = lower($1) AND is_active AND NOT email_verified FOR UPDATE`, email)
+		if err != nil {
+			return err
+		}
+		if err := s.checkMailCap(ctx, tx, u.ID, auditVerificationRequested); err != nil {
+			return err
+		}
+		return s.queueVerification(ctx, tx, u, ttl)
+	})
+}
+
+// verifyEmail consumes a verification token and marks its address verified. A token works
+// once, and only while the account still has the address it was sent to; otherwise errInvalid.
+func (s *store) verifyEmail(ctx context.Context, token string) error {
+	invalid := fail(errInvalid, "Invalid or expired verification token")
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var userID int64
+		var email string
+		var expiresAt time.Time
+		err := tx.QueryRow(ctx, `DELETE FROM email_verification_tokens WHERE token_hash = $1
+			RETURNING user_id, email, expires_at`, hashToken(token)).Scan(&userID, &email, &expiresAt)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return invalid
+		}
+		if err != nil {
+			return fmt.Errorf("consume verification token: %w", err)
+		}
+		if !s.now().Before(expiresAt) {
+			return invalid
+		}
+		tag, err := tx.Exec(ctx, `UPDATE users SET email_verified = true, updated_at = now()
+			WHERE id = $1 AND lower(email) = lower($2)`, userID, email)
+		if err != nil {
+			return fmt.Errorf("verify email: %w", err)
+		}
+		if tag.RowsAffected() == 0 {
+			return invalid // the address changed after the token was mailed
+		}
+		return s.audit(ctx, tx, auditEmailVerified, userID, userID, map[string]any{"email": email})
+	})
+}
+
+// mailEmailChange, after an update, tells the old address of the change and asks the new one
+// to verify itself (unless an admin marked it verified).
+func (s *store) mailEmailChange(ctx context.Context, tx pgx.Tx, before, after user, verifyTTL time.Duration) error {
+	if before.Email == after.Email {
+		return nil
+	}
+	d := newMailData(before)
+	d.NewEmail = after.Email
+	if err := s.enqueueMail(ctx, tx, mailEmailChanged, before.Email, d); err != nil {
+		return err
+	}
+	if after.EmailVerified {
+		return nil
+	}
+	return s.queueVerification(ctx, tx, after, verifyTTL)
+}
+
+// mailPasswordChanged queues the notice that the user's password was changed or reset.
+func (s *store) mailPasswordChanged(ctx context.Context, tx pgx.Tx, userID int64, how string) error {
+	u, err := queryUser(ctx, tx, "SELECT "+userColumns+" FROM users WHERE id = $1", userID)
+	if err != nil {
+		return err
+	}
+	d := newMailData(u)
+	d.How = how
+	return s.enqueueMail(ctx, tx, mailPasswordChanged, u.Email, d)
+}
+
+// humanDuration writes a token lifetime for people: "1 hour", "24 hours", "90 minutes".
+func humanDuration(d time.Duration) string {
+	unit, n := "minute", int(d.Minutes())
+	if d >= time.Hour && d%time.Hour == 0 {
+		unit, n = "hour", int(d.Hours())
+	}
+	if n == 1 {
+		return "1 " + unit
+	}
+	return fmt.Sprintf("%d %ss", n, unit)
+}
+
+func handleVerifyEmail(st *store, logger *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := st.verifyEmail(r.Context(), r.PathValue("token")); err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, message{"Email verified"})
+	})
+}
+
+const resendVerificationReply = "If an unverified account with that email exists, a verification email has been sent."
+
+func handleResendVerification(cfg config, st *store, logger *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		req, err := decode[resetRequest](w, r)
+		if err == nil {
+			err = invalidFields(check(map[string]string{}, "email", emailProblem(req.Email)))
+		}
+		if err == nil {
+			err = st.resendVerification(r.Context(), req.Email, cfg.verifyTTL)
+		}
+		// The same reply whether or not the account exists, is verified, or was capped.
+		if err != nil && !errors.Is(err, errNotFound) && !errors.Is(err, errMailCapped) {
+			writeError(w, r, logger, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, message{resendVerificationReply})
+	})
+}
