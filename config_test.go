@@ -1,0 +1,305 @@
+package main
+
+import (
+	"context"
+	"io"
+	"maps"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// envOf is a getenv reading from vars.
+func envOf(vars map[string]string) func(string) string {
+	return func(key string) string { return vars[key] }
+}
+
+// secret32 is a JWT_SECRET_KEY of exactly the minimum length.
+const secret32 = "0123456789abcdef0123456789abcdef"
+
+// configEnv is the two required variables plus changes; a change to "" unsets a variable.
+func configEnv(changes map[string]string) map[string]string {
+	vars := map[string]string{"DATABASE_URL": "postgres://localhost/usermgmt", "JWT_SECRET_KEY": secret32}
+	maps.Copy(vars, changes)
+	return vars
+}
+
+func TestLoadConfigDefaults(t *testing.T) {
+	t.Parallel()
+	cfg, err := loadConfig(envOf(configEnv(nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"DATABASE_URL", cfg.databaseURL, "postgres://localhost/usermgmt"},
+		{"JWT_SECRET_KEY", string(cfg.jwtSecret), secret32},
+		{"ADDR", cfg.addr, ":8080"},
+		{"JWT_ACCESS_TOKEN_EXPIRES", cfg.accessTTL, 3600 * time.Second},
+		{"BCRYPT_COST", cfg.bcryptCost, 12},
+		{"PASSWORD_MIN_LENGTH", cfg.passwordMinLength, 8},
+		{"PASSWORD_RESET_TOKEN_EXPIRES", cfg.resetTTL, 3600 * time.Second},
+		{"MAIL_BACKEND", cfg.mail.backend, mailLog},
+		{"MAIL_PORT", cfg.mail.port, 25},
+		{"MAIL_USE_TLS", cfg.mail.useTLS, false},
+		{"MAIL_USE_SSL", cfg.mail.useSSL, false},
+		{"MAIL_USERNAME", cfg.mail.username, ""},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s: got %v, want %v", c.name, c.got, c.want)
+		}
+	}
+	if cfg.mail.sender == "" || cfg.publicURL == "" {
+		t.Errorf("no default MAIL_DEFAULT_SENDER (%q) or PUBLIC_URL (%q)", cfg.mail.sender, cfg.publicURL)
+	}
+}
+
+func TestLoadConfigValues(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name  string
+		env   map[string]string
+		check func(config) bool
+	}{
+		{"MAIL_SERVER makes smtp the default backend", map[string]string{"MAIL_SERVER": "mail.example.com"},
+			func(c config) bool {
+				return c.mail.backend == mailSMTP && c.mail.server == "mail.example.com" && c.mail.port == 25
+			}},
+		{"MAIL_USE_SSL makes 465 the default port", map[string]string{"MAIL_SERVER": "mail.example.com", "MAIL_USE_SSL": "true"},
+			func(c config) bool { return c.mail.useSSL && !c.mail.useTLS && c.mail.port == 465 }},
+		{"MAIL_PORT wins over the SSL default", map[string]string{"MAIL_SERVER": "m", "MAIL_USE_SSL": "1", "MAIL_PORT": "2465"},
+			func(c config) bool { return c.mail.port == 2465 }},
+		{"MAIL_USE_TLS", map[string]string{"MAIL_SERVER": "m", "MAIL_USE_TLS": "TRUE"},
+			func(c config) bool { return c.mail.useTLS && c.mail.port == 25 }},
+		{"MAIL_BACKEND wins over MAIL_SERVER", map[string]string{"MAIL_SERVER": "m", "MAIL_BACKEND": "log"},
+			func(c config) bool { return c.mail.backend == mailLog }},
+		{"dummy backend", map[string]string{"MAIL_BACKEND": "dummy"},
+			func(c config) bool { return c.mail.backend == mailDummy }},
+		{"false booleans", map[string]string{"MAIL_USE_TLS": "false", "MAIL_USE_SSL": "0"},
+			func(c config) bool { return !c.mail.useTLS && !c.mail.useSSL }},
+		{"every variable set", map[string]string{
+			"ADDR": "127.0.0.1:9000", "JWT_ACCESS_TOKEN_EXPIRES": "60", "BCRYPT_COST": "4", "PASSWORD_MIN_LENGTH": "10",
+			"PASSWORD_RESET_TOKEN_EXPIRES": "900", "PUBLIC_URL": "https://users.example.com", "MAIL_SERVER": "smtp.example.com",
+			"MAIL_PORT": "587", "MAIL_USERNAME": "mailer", "MAIL_PASSWORD": "hunter2", "MAIL_USE_TLS": "true",
+			"MAIL_DEFAULT_SENDER": "noreply@example.com", "MAIL_BACKEND": "smtp",
+		}, func(c config) bool {
+			return c.addr == "127.0.0.1:9000" && c.accessTTL == time.Minute && c.bcryptCost == 4 && c.passwordMinLength == 10 &&
+				c.resetTTL == 15*time.Minute && c.publicURL == "https://users.example.com" &&
+				c.mail == mailConfig{backend: mailSMTP, server: "smtp.example.com", port: 587, username: "mailer",
+					password: "hunter2", useTLS: true, sender: "noreply@example.com", timeout: c.mail.timeout}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			cfg, err := loadConfig(envOf(configEnv(tt.env)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tt.check(cfg) {
+				t.Errorf("unexpected configuration: %+v", cfg)
+			}
+		})
+	}
+}
+
+func TestLoadConfigErrors(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		env  map[string]string
+		want []string // each must appear in the error
+	}{
+		{"missing DATABASE_URL", map[string]string{"DATABASE_URL": ""}, []string{"DATABASE_URL"}},
+		{"missing JWT_SECRET_KEY", map[string]string{"JWT_SECRET_KEY": ""}, []string{"JWT_SECRET_KEY", "32 bytes"}},
+		{"31-byte JWT_SECRET_KEY", map[string]string{"JWT_SECRET_KEY": secret32[1:]}, []string{"JWT_SECRET_KEY", "32 bytes"}},
+		{"non-numeric JWT_ACCESS_TOKEN_EXPIRES", map[string]string{"JWT_ACCESS_TOKEN_EXPIRES": "1h"}, []string{"JWT_ACCESS_TOKEN_EXPIRES"}},
+		{"zero JWT_ACCESS_TOKEN_EXPIRES", map[string]string{"JWT_ACCESS_TOKEN_EXPIRES": "0"}, []string{"JWT_ACCESS_TOKEN_EXPIRES"}},
+		{"huge JWT_ACCESS_TOKEN_EXPIRES", map[string]string{"JWT_ACCESS_TOKEN_EXPIRES": "99999999999999999999"}, []string{"JWT_ACCESS_TOKEN_EXPIRES"}},
+		{"BCRYPT_COST too low", map[string]string{"BCRYPT_COST": "3"}, []string{"BCRYPT_COST"}},
+		{"BCRYPT_COST too high", map[string]string{"BCRYPT_COST": "32"}, []string{"BCRYPT_COST"}},
+		{"non-numeric BCRYPT_COST", map[string]string{"BCRYPT_COST": "twelve"}, []string{"BCRYPT_COST"}},
+		{"zero PASSWORD_MIN_LENGTH", map[string]string{"PASSWORD_MIN_LENGTH": "0"}, []string{"PASSWORD_MIN_LENGTH"}},
+		{"PASSWORD_MIN_LENGTH past bcrypt's 72", map[string]string{"PASSWORD_MIN_LENGTH": "73"}, []string{"PASSWORD_MIN_LENGTH"}},
+		{"negative PASSWORD_RESET_TOKEN_EXPIRES", map[string]string{"PASSWORD_RESET_TOKEN_EXPIRES": "-1"}, []string{"PASSWORD_RESET_TOKEN_EXPIRES"}},
+		{"MAIL_PORT out of range", map[string]string{"MAIL_PORT": "65536"}, []string{"MAIL_PORT"}},
+		{"non-numeric MAIL_PORT", map[string]string{"MAIL_PORT": "smtp"}, []string{"MAIL_PORT"}},
+		{"bad MAIL_USE_TLS", map[string]string{"MAIL_USE_TLS": "maybe"}, []string{"MAIL_USE_TLS"}},
+		{"bad MAIL_USE_SSL", map[string]string{"MAIL_USE_SSL": "sometimes"}, []string{"MAIL_USE_SSL"}},
+		{"unknown MAIL_BACKEND", map[string]string{"MAIL_BACKEND": "carrier-pigeon"}, []string{"MAIL_BACKEND"}},
+		{"smtp without MAIL_SERVER", map[string]string{"MAIL_BACKEND": "smtp"}, []string{"MAIL_SERVER"}},
+		{"TLS and SSL both set", map[string]string{"MAIL_SERVER": "m", "MAIL_USE_TLS": "true", "MAIL_USE_SSL": "true"},
+			[]string{"MAIL_USE_TLS", "MAIL_USE_SSL"}},
+		{"every problem at once is named", map[string]string{"DATABASE_URL": "", "JWT_SECRET_KEY": "short", "BCRYPT_COST": "x",
+			"MAIL_BACKEND": "carrier-pigeon"}, []string{"DATABASE_URL", "JWT_SECRET_KEY", "BCRYPT_COST", "MAIL_BACKEND"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := loadConfig(envOf(configEnv(tt.env)))
+			if err == nil {
+				t.Fatal("loadConfig accepted the configuration")
+			}
+			for _, want := range tt.want {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not mention %s", err, want)
+				}
+			}
+		})
+	}
+}
+
+func TestParseEnvFile(t *testing.T) {
+	t.Parallel()
+	content := `# settings for usermgmt
+DATABASE_URL=postgres://u:p@localhost/db?sslmode=disable
+
+export JWT_SECRET_KEY="a quoted secret with spaces and = signs"
+   # an indented comment
+SINGLE='single quoted'
+  SPACED  =  spaced value  
+EMPTY=
+QUOTE_INSIDE=it's "fine"
+`
+	got, err := parseEnvFile(strings.NewReader(content))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"DATABASE_URL":   "postgres://u:p@localhost/db?sslmode=disable",
+		"JWT_SECRET_KEY": "a quoted secret with spaces and = signs",
+		"SINGLE":         "single quoted",
+		"SPACED":         "spaced value",
+		"EMPTY":          "",
+		"QUOTE_INSIDE":   `it's "fine"`,
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("got %q\nwant %q", got, want)
+	}
+}
+
+func TestParseEnvFileMalformed(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, content, want string
+	}{
+		{"words without =", "A=1\n# comment\n\njust some words\nB=2\n", "line 4"},
+		{"no key", "=value\n", "line 1"},
+		{"blank key", "A=1\n   = value\n", "line 2"},
+		{"bare export", "export\n", "line 1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := parseEnvFile(strings.NewReader(tt.content))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error %v, want one naming %s", err, tt.want)
+			}
+		})
+	}
+}
+
+// writeEnvFile writes content to a fresh file and returns its path.
+func writeEnvFile(t *testing.T, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "test.env")
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestWithEnvFile(t *testing.T) {
+	t.Parallel()
+	environment := envOf(map[string]string{"ADDR": ":1234", "ONLY_ENV": "env"})
+	tests := []struct {
+		name string
+		path string
+		want map[string]string // key -> value the returned getenv gives
+	}{
+		{"the environment wins over the file", writeEnvFile(t, "ADDR=:9999\nONLY_FILE=file\n"),
+			map[string]string{"ADDR": ":1234", "ONLY_ENV": "env", "ONLY_FILE": "file", "NEITHER": ""}},
+		{"a missing file is fine", filepath.Join(t.TempDir(), "absent.env"),
+			map[string]string{"ADDR": ":1234", "ONLY_ENV": "env", "DATABASE_URL": ""}},
+		// The working directory holds the repository's .env; an empty path must not read it.
+		{"an empty path reads nothing", "", map[string]string{"ADDR": ":1234", "DATABASE_URL": "", "JWT_SECRET_KEY": ""}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			getenv, err := withEnvFile(environment, tt.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for key, want := range tt.want {
+				if got := getenv(key); got != want {
+					t.Errorf("%s = %q, want %q", key, got, want)
+				}
+			}
+		})
+	}
+}
+
+func TestWithEnvFileErrors(t *testing.T) {
+	t.Parallel()
+	malformed := writeEnvFile(t, "A=1\nnot a setting\n")
+	tests := []struct {
+		name string
+		path string
+		want []string
+	}{
+		{"a malformed line", malformed, []string{malformed, "line 2"}},
+		{"a directory", t.TempDir(), []string{"directory"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := withEnvFile(envOf(nil), tt.path)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, want := range tt.want {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not mention %q", err, want)
+				}
+			}
+		})
+	}
+}
+
+// TestRunRefusesBadConfiguration starts run with settings it must refuse before doing anything.
+// Its context is already cancelled, so a run that wrongly went on could not hang the test.
+func TestRunRefusesBadConfiguration(t *testing.T) {
+	t.Parallel()
+	short := map[string]string{"DATABASE_URL": "postgres://127.0.0.1:1/none", "JWT_SECRET_KEY": secret32[1:], "ADDR": "127.0.0.1:0"}
+	shortFile := writeEnvFile(t, "DATABASE_URL=postgres://127.0.0.1:1/none\nJWT_SECRET_KEY=too-short\nADDR=127.0.0.1:0\n")
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"short JWT_SECRET_KEY", []string{"-env-file="}, short, "JWT_SECRET_KEY"},
+		{"short JWT_SECRET_KEY with -create-admin", []string{"-env-file=", "-create-admin"}, short, "JWT_SECRET_KEY"},
+		{"short JWT_SECRET_KEY from the env file", []string{"-env-file=" + shortFile}, nil, "JWT_SECRET_KEY"},
+		{"malformed env file", []string{"-env-file=" + writeEnvFile(t, "A=1\nB\n")}, nil, "line 2"},
+		{"unknown flag", []string{"-env-file=", "-no-such-flag"}, configEnv(nil), "no-such-flag"},
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			args := append([]string{"usermgmt"}, tt.args...)
+			err := run(ctx, args, envOf(tt.env), strings.NewReader(""), io.Discard)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("run: %v, want an error mentioning %s", err, tt.want)
+			}
+		})
+	}
+}
