@@ -80,10 +80,10 @@ func (s *store) loginLockedUntil(ctx context.Context, login, ip string) (time.Ti
 func (s *store) recordLoginFailure(ctx context.Context, login string, targetID int64, maxFailures int) error {
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, `INSERT INTO login_failures AS f (login, ip, failures, locked_until, updated_at)
-			VALUES ($1, $2, 1, CASE WHEN $4 <= 1 THEN $3 + interval '1 minute' END, $3)
+			VALUES ($1, $2, 1, CASE WHEN $4::int <= 1 THEN $3::timestamptz + interval '1 minute' END, $3)
 			ON CONFLICT (login, ip) DO UPDATE SET failures = f.failures + 1, updated_at = $3,
-				locked_until = CASE WHEN f.failures + 1 >= $4 THEN $3 +
-					LEAST(interval '1 minute' * power(2, f.failures + 1 - $4), interval '15 minutes') END`,
+				locked_until = CASE WHEN f.failures + 1 >= $4::int THEN $3::timestamptz +
+					LEAST(interval '1 minute' * power(2, f.failures + 1 - $4::int), interval '15 minutes') END`,
 			login, originOf(ctx).ip, s.now(), maxFailures)
 		if err != nil {
 			return fmt.Errorf("record login failure: %w", err)
