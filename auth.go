@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -124,7 +125,17 @@ func (lockedError) Unwrap() error { return errTooMany }
 // login checks the lockout and the credentials, then opens a session. Every failure looks the
 // same to the client.
 func login(ctx context.Context, cfg config, st *store, pw *hasher, req loginRequest) (tokenResponse, error) {
-	key := strings.ToLower(req.Username)
+	u, err := st.userByLogin(ctx, req.Username)
+	if err != nil && !errors.Is(err, errNotFound) {
+		return tokenResponse{}, err
+	}
+	known := err == nil
+	// The lockout counts per account, whether it is named by username or by email, so the
+	// two do not give an attacker two sets of guesses.
+	key := "login:" + strings.ToLower(req.Username)
+	if known {
+		key = "user:" + strconv.FormatInt(u.ID, 10)
+	}
 	until, err := st.loginLockedUntil(ctx, key, originOf(ctx).ip)
 	if err != nil {
 		return tokenResponse{}, err
@@ -132,11 +143,6 @@ func login(ctx context.Context, cfg config, st *store, pw *hasher, req loginRequ
 	if st.now().Before(until) {
 		return tokenResponse{}, lockedError{until}
 	}
-	u, err := st.userByLogin(ctx, req.Username)
-	if err != nil && !errors.Is(err, errNotFound) {
-		return tokenResponse{}, err
-	}
-	known := err == nil
 	// An unknown user still costs one bcrypt comparison, so response times do not tell
 	// which usernames exist.
 	hash := u.PasswordHash

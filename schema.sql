@@ -63,7 +63,7 @@ CREATE INDEX IF NOT EXISTS refresh_tokens_session_idx ON refresh_tokens (session
 
 -- Consecutive failed logins per account and client address, for the lockout back-off.
 CREATE TABLE IF NOT EXISTS login_failures (
-    login        text        NOT NULL, -- lower-cased username or email as typed
+    login        text        NOT NULL, -- 'user:<id>', or 'login:<name as typed>' for unknown names
     ip           text        NOT NULL,
     failures     integer     NOT NULL,
     locked_until timestamptz,

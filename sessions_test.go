@@ -1,0 +1,706 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+)
+
+// Tests of sessions and login hardening (issue 3): refresh-token rotation and reuse detection,
+// logout, the session list, revocation by account changes, the login lockout, re-hashing on a
+// cost change, key rotation and security headers.
+
+// tokenPair is the access and refresh token of one session, as login and refresh return them.
+type tokenPair struct{ access, refresh string }
+
+// pairOf checks that r is a 200 carrying a token pair and returns the pair.
+func pairOf(t testing.TB, r response) tokenPair {
+	t.Helper()
+	m := r.expect(t, http.StatusOK).json(t)
+	access, _ := m["access_token"].(string)
+	refresh, _ := m["refresh_token"].(string)
+	if access == "" || refresh == "" {
+		t.Fatalf("no access and refresh token in %s", r.body)
+	}
+	return tokenPair{access, refresh}
+}
+
+// loginWith sends a login with extra request headers (User-Agent, X-Forwarded-For).
+func (e *testEnv) loginWith(t testing.TB, username, password string, header http.Header) response {
+	t.Helper()
+	raw, err := json.Marshal(map[string]string{"username": username, "password": password})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := http.NewRequest("POST", e.server.URL+"/api/auth/login", bytes.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, values := range header {
+		req.Header[name] = values
+	}
+	req.Header.Set("Content-Type", "application/json")
+	return send(t, req)
+}
+
+// loginPair logs username in with testPassword and returns the session's tokens.
+func (e *testEnv) loginPair(t testing.TB, username string) tokenPair {
+	t.Helper()
+	return pairOf(t, e.loginWith(t, username, testPassword, nil))
+}
+
+// refresh presents a refresh token.
+func (e *testEnv) refresh(t testing.TB, token string) response {
+	t.Helper()
+	return e.do(t, "POST", "/api/auth/refresh", "", map[string]string{"refresh_token": token})
+}
+
+// expectLive checks that p's access token is accepted and its refresh token exchanged, and
+// returns the pair the exchange gave (p.refresh is spent by it).
+func (e *testEnv) expectLive(t testing.TB, p tokenPair) tokenPair {
+	t.Helper()
+	e.do(t, "GET", "/api/users/me", p.access, nil).expect(t, http.StatusOK)
+	next := pairOf(t, e.refresh(t, p.refresh))
+	e.do(t, "GET", "/api/users/me", next.access, nil).expect(t, http.StatusOK)
+	return next
+}
+
+// expectEnded checks that both tokens of p are refused.
+func (e *testEnv) expectEnded(t testing.TB, p tokenPair) {
+	t.Helper()
+	e.do(t, "GET", "/api/users/me", p.access, nil).expect(t, http.StatusUnauthorized)
+	e.refresh(t, p.refresh).expect(t, http.StatusUnauthorized)
+}
+
+// sqlCount runs a SELECT count(*) against the test's database.
+func (e *testEnv) sqlCount(t testing.TB, sql string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := e.st.pool.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return n
+}
+
+// liveSessionCount counts the user's sessions that are not revoked.
+func (e *testEnv) liveSessionCount(t testing.TB, userID int64) int {
+	t.Helper()
+	return e.sqlCount(t, "SELECT count(*) FROM sessions WHERE user_id = $1 AND revoked_at IS NULL", userID)
+}
+
+// sessionList returns GET /api/users/me/sessions as seen with token.
+func (e *testEnv) sessionList(t testing.TB, token string) []map[string]any {
+	t.Helper()
+	r := e.do(t, "GET", "/api/users/me/sessions", token, nil).expect(t, http.StatusOK)
+	var list []map[string]any
+	if err := json.Unmarshal(r.body, &list); err != nil {
+		t.Fatalf("session list is not a JSON array: %v: %s", err, r.body)
+	}
+	return list
+}
+
+// tokenParts decodes the key id and claims of an access token, without verifying it.
+func tokenParts(t testing.TB, token string) (string, tokenClaims) {
+	t.Helper()
+	parts := strings.Split(token, ".")
+	var header struct {
+		Kid string `json:"kid"`
+	}
+	var claims tokenClaims
+	if len(parts) != 3 || decodeSegment(parts[0], &header) != nil || decodeSegment(parts[1], &claims) != nil {
+		t.Fatalf("not a JWT: %q", token)
+	}
+	return header.Kid, claims
+}
+
+// anotherInstance starts a second server with cfg on e's database and clock, as a second
+// instance behind a load balancer would be; the returned env shares the rest with e.
+func (e *testEnv) anotherInstance(t testing.TB, cfg config) *testEnv {
+	t.Helper()
+	st, err := openStore(context.Background(), e.cfg.databaseURL, e.clock.Now, 5*time.Second)
+	if err != nil {
+		t.Fatalf("opening second store: %v", err)
+	}
+	logger := slog.New(slog.NewTextHandler(e.logs, nil))
+	mail := newMailer(cfg.mail, logger)
+	other := *e
+	other.cfg, other.st, other.mail = cfg, st, mail
+	other.server = httptest.NewServer(newServer(cfg, st, mail, logger))
+	t.Cleanup(func() {
+		other.server.Close()
+		mail.wait()
+		st.close()
+	})
+	return &other
+}
+
+func TestLoginOpensSessionAndRefreshRotates(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	alice := env.addUser(t, "alice", roleUser)
+
+	r := env.loginWith(t, "alice", testPassword, nil)
+	first := pairOf(t, r)
+	m := r.json(t)
+	if m["token_type"] != "Bearer" || m["expires_in"] != env.cfg.accessTTL.Seconds() {
+		t.Errorf("token_type %v, expires_in %v; want Bearer, %v", m["token_type"], m["expires_in"], env.cfg.accessTTL.Seconds())
+	}
+	if len(first.refresh) != 43 {
+		t.Errorf("refresh token %q has %d characters, want 43 (256 bits, base64url)", first.refresh, len(first.refresh))
+	}
+	if n := env.liveSessionCount(t, alice.ID); n != 1 {
+		t.Fatalf("%d live sessions after one login, want 1", n)
+	}
+	if n := env.sqlCount(t, "SELECT count(*) FROM refresh_tokens WHERE token_hash = $1", hashToken(first.refresh)); n != 1 {
+		t.Errorf("%d refresh_tokens rows hold the token's hash, want 1", n)
+	}
+
+	// Past the access token's lifetime, but well within the refresh token's.
+	env.clock.Advance(env.cfg.accessTTL + time.Minute)
+	env.do(t, "GET", "/api/users/me", first.access, nil).expect(t, http.StatusUnauthorized)
+	second := pairOf(t, env.refresh(t, first.refresh))
+	if second.access == first.access || second.refresh == first.refresh {
+		t.Fatalf("refresh returned an old token: %+v then %+v", first, second)
+	}
+	_, before := tokenParts(t, first.access)
+	_, after := tokenParts(t, second.access)
+	if after.Session != before.Session {
+		t.Errorf("refresh moved to session %d, want the login's session %d", after.Session, before.Session)
+	}
+	me := env.do(t, "GET", "/api/users/me", second.access, nil).expect(t, http.StatusOK).json(t)
+	if me["username"] != "alice" {
+		t.Errorf("the refreshed access token is of %v, want alice", me["username"])
+	}
+	env.expectLive(t, second)
+}
+
+func TestRefreshTokenReuse(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	alice := env.addUser(t, "alice", roleUser)
+	elsewhere := env.loginPair(t, "alice")
+	first := env.loginPair(t, "alice")
+	_, claims := tokenParts(t, first.access)
+	sid := claims.Session
+	second := pairOf(t, env.refresh(t, first.refresh)) // rotates first.refresh out
+	reuses := func() int {
+		return env.sqlCount(t, "SELECT count(*) FROM audit_log WHERE action = 'refresh_token_reused' AND target_id = $1", alice.ID)
+	}
+
+	// Within the interval, a retried or concurrent refresh gets a pair for the same session.
+	env.clock.Advance(env.cfg.refreshReuseInterval - time.Second)
+	retried := pairOf(t, env.refresh(t, first.refresh))
+	for _, p := range []tokenPair{second, retried} {
+		if _, c := tokenParts(t, p.access); c.Session != sid {
+			t.Errorf("pair for session %d, want %d", c.Session, sid)
+		}
+		env.do(t, "GET", "/api/users/me", p.access, nil).expect(t, http.StatusOK)
+	}
+	if list := env.sessionList(t, retried.access); len(list) != 2 { // this session and elsewhere
+		t.Errorf("%d sessions listed, want 2: %v", len(list), list)
+	}
+	if n := env.liveSessionCount(t, alice.ID); n != 2 {
+		t.Errorf("%d live sessions after a refresh within the interval, want 2", n)
+	}
+	if n := reuses(); n != 0 {
+		t.Errorf("%d refresh_token_reused audit rows within the interval, want 0", n)
+	}
+
+	// Past the interval, the rotated token is taken as stolen: its whole session ends.
+	env.clock.Advance(2 * time.Second)
+	env.refresh(t, first.refresh).expect(t, http.StatusUnauthorized)
+	for _, p := range []tokenPair{first, second, retried} {
+		env.expectEnded(t, p)
+	}
+	if n := reuses(); n != 1 {
+		t.Errorf("%d refresh_token_reused audit rows, want 1", n)
+	}
+	n := env.sqlCount(t, `SELECT count(*) FROM audit_log WHERE action = 'refresh_token_reused'
+		AND ip = '127.0.0.1' AND (details->>'session_id')::bigint = $1`, sid)
+	if n != 1 {
+		t.Errorf("the reuse audit row does not name session %d and the client address", sid)
+	}
+	env.expectLive(t, elsewhere) // the user's other session is not touched
+}
+
+func TestRefreshRejects(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	env.addUser(t, "alice", roleUser)
+	p := env.loginPair(t, "alice")
+	cases := []struct {
+		name   string
+		body   any
+		status int
+	}{
+		{"unknown token", map[string]string{"refresh_token": randomToken()}, http.StatusUnauthorized},
+		{"garbage", map[string]string{"refresh_token": "not a token"}, http.StatusUnauthorized},
+		{"access token", map[string]string{"refresh_token": p.access}, http.StatusUnauthorized},
+		{"empty", map[string]string{"refresh_token": ""}, http.StatusBadRequest},
+		{"missing field", map[string]string{}, http.StatusBadRequest},
+		{"not JSON", "refresh please", http.StatusBadRequest},
+		{"wrong type", map[string]int{"refresh_token": 7}, http.StatusBadRequest},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			env.do(t, "POST", "/api/auth/refresh", "", c.body).expect(t, c.status)
+		})
+	}
+	t.Run("expired", func(t *testing.T) {
+		early, late := env.loginPair(t, "alice"), env.loginPair(t, "alice")
+		env.clock.Advance(env.cfg.refreshTTL - time.Second)
+		pairOf(t, env.refresh(t, early.refresh))
+		env.clock.Advance(2 * time.Second)
+		env.refresh(t, late.refresh).expect(t, http.StatusUnauthorized)
+	})
+}
+
+// refreshTogether presents one refresh token in n requests sent at the same moment.
+func refreshTogether(t *testing.T, e *testEnv, token string, n int) []response {
+	t.Helper()
+	raw, err := json.Marshal(map[string]string{"refresh_token": token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	replies, errs := make([]response, n), make([]error, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			resp, err := http.Post(e.server.URL+"/api/auth/refresh", "application/json", bytes.NewReader(raw))
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer resp.Body.Close()
+			body, err := io.ReadAll(resp.Body)
+			replies[i], errs[i] = response{status: resp.StatusCode, header: resp.Header, body: body}, err
+		}()
+	}
+	close(start)
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return replies
+}
+
+func TestConcurrentRefreshesKeepTheSession(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	alice := env.addUser(t, "alice", roleUser)
+	p := env.loginPair(t, "alice")
+	for round := range 6 {
+		replies := refreshTogether(t, env, p.refresh, 2)
+		var pairs []tokenPair
+		for _, r := range replies {
+			pairs = append(pairs, pairOf(t, r))
+		}
+		for _, q := range pairs {
+			env.do(t, "GET", "/api/users/me", q.access, nil).expect(t, http.StatusOK)
+		}
+		if pairs[0].refresh == pairs[1].refresh {
+			t.Fatalf("round %d: both replies carry the same refresh token", round)
+		}
+		// Either new refresh token goes on working; the first one carries the next round.
+		next := pairOf(t, env.refresh(t, pairs[0].refresh))
+		env.expectLive(t, pairs[1])
+		p = next
+		env.clock.Advance(time.Second)
+	}
+	if n := env.liveSessionCount(t, alice.ID); n != 1 {
+		t.Errorf("%d live sessions, want 1", n)
+	}
+	if n := env.sqlCount(t, "SELECT count(*) FROM audit_log WHERE action = 'refresh_token_reused'"); n != 0 {
+		t.Errorf("%d refresh_token_reused audit rows after concurrent refreshes, want 0", n)
+	}
+	env.expectLive(t, p)
+}
+
+func TestLogout(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	alice := env.addUser(t, "alice", roleUser)
+	env.addUser(t, "bob", roleUser)
+	one, two := env.loginPair(t, "alice"), env.loginPair(t, "alice")
+	bob := env.loginPair(t, "bob")
+
+	env.do(t, "POST", "/api/auth/logout", "", nil).expect(t, http.StatusUnauthorized)
+	env.do(t, "POST", "/api/auth/logout", one.access, nil).expect(t, http.StatusOK)
+	env.expectEnded(t, one)
+	env.do(t, "POST", "/api/auth/logout", one.access, nil).expect(t, http.StatusUnauthorized)
+	two = env.expectLive(t, two)
+
+	three := env.loginPair(t, "alice")
+	env.do(t, "POST", "/api/auth/logout-all", "", nil).expect(t, http.StatusUnauthorized)
+	env.do(t, "POST", "/api/auth/logout-all", two.access, nil).expect(t, http.StatusOK)
+	env.expectEnded(t, two)
+	env.expectEnded(t, three)
+	if n := env.liveSessionCount(t, alice.ID); n != 0 {
+		t.Errorf("%d live sessions after logout-all, want 0", n)
+	}
+	env.expectLive(t, bob)
+	env.expectLive(t, env.loginPair(t, "alice")) // a new login is unaffected
+}
+
+func TestSessionList(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	env.addUser(t, "alice", roleUser)
+	env.addUser(t, "bob", roleUser)
+	laptop := pairOf(t, env.loginWith(t, "alice", testPassword, http.Header{"User-Agent": {"laptop-browser/1.0"}}))
+	env.clock.Advance(time.Minute)
+	phone := pairOf(t, env.loginWith(t, "alice", testPassword, http.Header{"User-Agent": {"phone-app/2.0"}}))
+	bob := env.loginPair(t, "bob")
+
+	// byAgent indexes a session list by user agent.
+	byAgent := func(list []map[string]any) map[string]map[string]any {
+		m := map[string]map[string]any{}
+		for _, s := range list {
+			agent, _ := s["user_agent"].(string)
+			m[agent] = s
+		}
+		return m
+	}
+	list := env.sessionList(t, laptop.access)
+	if len(list) != 2 {
+		t.Fatalf("%d sessions listed, want 2: %v", len(list), list)
+	}
+	for _, s := range list {
+		for _, key := range []string{"id", "created_at", "last_used_at", "expires_at", "ip", "user_agent", "current"} {
+			if _, ok := s[key]; !ok {
+				t.Errorf("session %v has no %q", s, key)
+			}
+		}
+		if s["ip"] != "127.0.0.1" {
+			t.Errorf("session ip %v, want 127.0.0.1", s["ip"])
+		}
+		created, err1 := time.Parse(time.RFC3339, fmt.Sprint(s["created_at"]))
+		expires, err2 := time.Parse(time.RFC3339, fmt.Sprint(s["expires_at"]))
+		if err1 != nil || err2 != nil || expires.Sub(created) != env.cfg.refreshTTL {
+			t.Errorf("session created %v, expires %v: want RFC 3339 times %v apart", s["created_at"], s["expires_at"], env.cfg.refreshTTL)
+		}
+	}
+	fromLaptop := byAgent(list)
+	if fromLaptop["laptop-browser/1.0"]["current"] != true || fromLaptop["phone-app/2.0"]["current"] != false {
+		t.Errorf("seen from the laptop, current is wrong: %v", list)
+	}
+	fromPhone := byAgent(env.sessionList(t, phone.access))
+	if fromPhone["laptop-browser/1.0"]["current"] != false || fromPhone["phone-app/2.0"]["current"] != true {
+		t.Errorf("seen from the phone, current is wrong: %v", fromPhone)
+	}
+	phoneID := fmt.Sprint(fromPhone["phone-app/2.0"]["id"])
+	bobID := fmt.Sprint(env.sessionList(t, bob.access)[0]["id"])
+
+	cases := []struct {
+		name   string
+		id     string
+		status int
+	}{
+		{"another user's session", bobID, http.StatusNotFound},
+		{"unknown id", "999999", http.StatusNotFound},
+		{"not a number", "abc", http.StatusBadRequest},
+		{"zero", "0", http.StatusBadRequest},
+		{"negative", "-1", http.StatusBadRequest},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			env.do(t, "DELETE", "/api/users/me/sessions/"+c.id, laptop.access, nil).expect(t, c.status)
+		})
+	}
+	bob = env.expectLive(t, bob)
+
+	env.do(t, "DELETE", "/api/users/me/sessions/"+phoneID, laptop.access, nil).expect(t, http.StatusOK)
+	env.expectEnded(t, phone)
+	if list := env.sessionList(t, laptop.access); len(list) != 1 || list[0]["user_agent"] != "laptop-browser/1.0" {
+		t.Errorf("after revoking the phone, sessions listed: %v", list)
+	}
+	env.do(t, "DELETE", "/api/users/me/sessions/"+phoneID, laptop.access, nil).expect(t, http.StatusNotFound)
+	env.expectLive(t, laptop)
+}
+
+func TestAccountChangesRevokeEverySession(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	admin := env.tokenFor(t, env.addUser(t, "admin", roleAdmin))
+	patch := func(t *testing.T, u user, body any) {
+		env.do(t, "PATCH", fmt.Sprint("/api/users/", u.ID), admin, body).expect(t, http.StatusOK)
+	}
+	cases := []struct {
+		name   string
+		change func(t *testing.T, u user)
+	}{
+		{"password reset", func(t *testing.T, u user) {
+			r := env.do(t, "POST", "/api/auth/password-reset-request", "", map[string]string{"email": u.Email})
+			token, _ := r.expect(t, http.StatusOK).json(t)["token"].(string)
+			env.do(t, "POST", "/api/auth/reset-password/"+token, "", map[string]string{"new_password": "new-password-456"}).
+				expect(t, http.StatusOK)
+		}},
+		// Activated again at once, so that only the revocation can refuse the old tokens.
+		{"deactivation", func(t *testing.T, u user) {
+			patch(t, u, map[string]bool{"is_active": false})
+			patch(t, u, map[string]bool{"is_active": true})
+		}},
+		{"role change", func(t *testing.T, u user) { patch(t, u, map[string]string{"role": roleAdmin}) }},
+		{"deletion", func(t *testing.T, u user) {
+			env.do(t, "DELETE", fmt.Sprint("/api/users/", u.ID), admin, nil).expect(t, http.StatusOK)
+		}},
+	}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			u := env.addUser(t, fmt.Sprint("target", i), roleUser)
+			sessions := []tokenPair{env.loginPair(t, u.Username), env.loginPair(t, u.Username)}
+			c.change(t, u)
+			for _, p := range sessions {
+				env.expectEnded(t, p)
+			}
+			if n := env.liveSessionCount(t, u.ID); n != 0 {
+				t.Errorf("%d live sessions left, want 0", n)
+			}
+		})
+	}
+}
+
+func TestChangePasswordKeepsOnlyTheCurrentSession(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	alice := env.addUser(t, "alice", roleUser)
+	current, other := env.loginPair(t, "alice"), env.loginPair(t, "alice")
+
+	r := env.do(t, "POST", "/api/auth/change-password", current.access,
+		map[string]string{"current_password": testPassword, "new_password": "new-password-456"})
+	newAccess, _ := r.expect(t, http.StatusOK).json(t)["access_token"].(string)
+	env.do(t, "GET", "/api/users/me", newAccess, nil).expect(t, http.StatusOK)
+	env.do(t, "GET", "/api/users/me", current.access, nil).expect(t, http.StatusUnauthorized)
+	refreshed := pairOf(t, env.refresh(t, current.refresh))
+	env.do(t, "GET", "/api/users/me", refreshed.access, nil).expect(t, http.StatusOK)
+	env.expectEnded(t, other)
+	if n := env.liveSessionCount(t, alice.ID); n != 1 {
+		t.Errorf("%d live sessions after change-password, want 1", n)
+	}
+	pairOf(t, env.loginWith(t, "alice", "new-password-456", nil))
+}
+
+// expectLocked checks that r refuses a locked-out login, asking to wait about lock.
+func expectLocked(t testing.TB, r response, lock time.Duration) {
+	t.Helper()
+	r.expect(t, http.StatusTooManyRequests)
+	want := int(lock.Seconds())
+	got, err := strconv.Atoi(r.header.Get("Retry-After"))
+	if err != nil || got > want || got < want-5 {
+		t.Fatalf("Retry-After %q, want about %d", r.header.Get("Retry-After"), want)
+	}
+}
+
+func TestLoginLockoutSchedule(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	env.addUser(t, "alice", roleUser)
+	wrong := func() response { return env.loginWith(t, "alice", "wrong-password", nil) }
+	right := func() response { return env.loginWith(t, "alice", testPassword, nil) }
+
+	for range env.cfg.loginMaxFailures {
+		wrong().expect(t, http.StatusUnauthorized)
+	}
+	expectLocked(t, right(), time.Minute)
+	expectLocked(t, wrong(), time.Minute)
+	expectLocked(t, env.loginWith(t, "ALICE", testPassword, nil), time.Minute) // logins ignore case
+
+	// Each failure after a lock ends locks again, twice as long, up to 15 minutes.
+	lock := time.Minute
+	for _, next := range []time.Duration{2 * time.Minute, 4 * time.Minute, 8 * time.Minute, 15 * time.Minute, 15 * time.Minute} {
+		env.clock.Advance(lock - time.Second)
+		expectLocked(t, right(), time.Second)
+		env.clock.Advance(2 * time.Second)
+		wrong().expect(t, http.StatusUnauthorized)
+		expectLocked(t, right(), next)
+		lock = next
+	}
+
+	// A success resets the count: four more failures do not lock.
+	env.clock.Advance(lock + time.Second)
+	pairOf(t, right())
+	for range env.cfg.loginMaxFailures - 1 {
+		wrong().expect(t, http.StatusUnauthorized)
+	}
+	pairOf(t, right())
+}
+
+func TestLoginLockoutAcrossInstances(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	env.addUser(t, "alice", roleUser)
+	instances := []*testEnv{env, env.anotherInstance(t, env.cfg)}
+	for i := range env.cfg.loginMaxFailures {
+		instances[i%2].loginWith(t, "alice", "wrong-password", nil).expect(t, http.StatusUnauthorized)
+	}
+	for _, e := range instances {
+		expectLocked(t, e.loginWith(t, "alice", testPassword, nil), time.Minute)
+	}
+	env.clock.Advance(time.Minute + time.Second)
+	pairOf(t, instances[1].loginWith(t, "alice", testPassword, nil))
+}
+
+func TestLoginLockoutKeyedOnLoginAndAddress(t *testing.T) {
+	t.Parallel()
+	from := func(ip string) http.Header { return http.Header{"X-Forwarded-For": {ip}} }
+	cases := []struct {
+		name         string
+		trusted      []netip.Prefix
+		otherAddress int // the status of alice's login from another forwarded address
+	}{
+		{"behind a trusted proxy", []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}, http.StatusOK},
+		{"X-Forwarded-For not trusted", nil, http.StatusTooManyRequests},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			env := newTestEnv(t, func(cfg *config) { cfg.trustedProxies = c.trusted })
+			env.addUser(t, "alice", roleUser)
+			env.addUser(t, "bob", roleUser)
+			for range env.cfg.loginMaxFailures {
+				env.loginWith(t, "alice", "wrong-password", from("203.0.113.1")).expect(t, http.StatusUnauthorized)
+			}
+			expectLocked(t, env.loginWith(t, "alice", testPassword, from("203.0.113.1")), time.Minute)
+			pairOf(t, env.loginWith(t, "bob", testPassword, from("203.0.113.1")))
+			env.loginWith(t, "alice", testPassword, from("198.51.100.7")).expect(t, c.otherAddress)
+			expectLocked(t, env.loginWith(t, "alice", testPassword, from("203.0.113.1")), time.Minute)
+		})
+	}
+}
+
+// The lockout is per account and address: typing the account's email instead of its username
+// must not give an attacker a fresh set of guesses.
+func TestLoginLockoutCoversEmailLogin(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	alice := env.addUser(t, "alice", roleUser)
+	for range env.cfg.loginMaxFailures {
+		env.loginWith(t, "alice", "wrong-password", nil).expect(t, http.StatusUnauthorized)
+	}
+	expectLocked(t, env.loginWith(t, "alice", testPassword, nil), time.Minute)
+	expectLocked(t, env.loginWith(t, alice.Email, testPassword, nil), time.Minute)
+}
+
+func TestLoginRehashesOnCostChange(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	alice := env.addUser(t, "alice", roleUser)
+	old, err := bcrypt.GenerateFromPassword([]byte(testPassword), env.cfg.bcryptCost+1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.st.pool.Exec(context.Background(), "UPDATE users SET password_hash = $2 WHERE id = $1", alice.ID, string(old)); err != nil {
+		t.Fatal(err)
+	}
+	storedHash := func() string {
+		t.Helper()
+		u, err := env.st.userByID(context.Background(), alice.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return u.PasswordHash
+	}
+
+	pairOf(t, env.loginWith(t, "alice", testPassword, nil))
+	rehashed := storedHash()
+	if cost, err := bcrypt.Cost([]byte(rehashed)); err != nil || cost != env.cfg.bcryptCost {
+		t.Fatalf("after login the stored hash has cost %d (%v), want %d", cost, err, env.cfg.bcryptCost)
+	}
+	pairOf(t, env.loginWith(t, "alice", testPassword, nil))
+	if storedHash() != rehashed {
+		t.Error("a hash already at the configured cost was re-hashed")
+	}
+}
+
+func TestKeyRotation(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	env.addUser(t, "alice", roleUser)
+	keyA := env.cfg.keys.current.secret
+	keyB := []byte("rotated-secret-rotated-secret-0123456789")
+	underA := env.loginPair(t, "alice")
+	kidA, _ := tokenParts(t, underA.access)
+	kidB := newSigningKey(keyB).id
+	if kidA != env.cfg.keys.current.id || kidA == kidB {
+		t.Fatalf("token kid %q, want key A's %q (key B's is %q)", kidA, env.cfg.keys.current.id, kidB)
+	}
+
+	rotated := env.cfg
+	rotated.keys = newKeySet(keyB, keyA)
+	second := env.anotherInstance(t, rotated)
+	second.do(t, "GET", "/api/users/me", underA.access, nil).expect(t, http.StatusOK)
+	fromRefresh := pairOf(t, second.refresh(t, underA.refresh))
+	fromLogin := second.loginPair(t, "alice")
+	for _, p := range []tokenPair{fromRefresh, fromLogin} {
+		if kid, _ := tokenParts(t, p.access); kid != kidB {
+			t.Errorf("new token signed with kid %q, want key B's %q", kid, kidB)
+		}
+		second.do(t, "GET", "/api/users/me", p.access, nil).expect(t, http.StatusOK)
+	}
+
+	onlyB := env.cfg
+	onlyB.keys = newKeySet(keyB, nil)
+	third := env.anotherInstance(t, onlyB)
+	third.do(t, "GET", "/api/users/me", underA.access, nil).expect(t, http.StatusUnauthorized)
+	third.do(t, "GET", "/api/users/me", fromLogin.access, nil).expect(t, http.StatusOK)
+}
+
+func TestSecurityHeaders(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	alice := env.addUser(t, "alice", roleUser)
+	login := env.loginWith(t, "alice", testPassword, nil)
+	p := pairOf(t, login)
+	cases := []struct {
+		name    string
+		reply   func(t *testing.T) response
+		private bool // carries a token or a user
+	}{
+		{"login", func(t *testing.T) response { return login }, true},
+		{"refresh", func(t *testing.T) response { return env.refresh(t, p.refresh) }, true},
+		{"me", func(t *testing.T) response { return env.do(t, "GET", "/api/users/me", p.access, nil) }, true},
+		{"user by id", func(t *testing.T) response {
+			return env.do(t, "GET", fmt.Sprint("/api/users/", alice.ID), p.access, nil)
+		}, true},
+		{"sessions", func(t *testing.T) response { return env.do(t, "GET", "/api/users/me/sessions", p.access, nil) }, true},
+		{"unauthenticated", func(t *testing.T) response { return env.do(t, "GET", "/api/users/me", "", nil) }, false},
+		{"failed login", func(t *testing.T) response { return env.loginWith(t, "alice", "wrong-password", nil) }, false},
+		{"bad request", func(t *testing.T) response { return env.do(t, "POST", "/api/auth/refresh", "", "{") }, false},
+		{"unknown route", func(t *testing.T) response { return env.do(t, "GET", "/nowhere", "", nil) }, false},
+		{"wrong method", func(t *testing.T) response { return env.do(t, "DELETE", "/api/auth/login", "", nil) }, false},
+		{"health", func(t *testing.T) response { return env.do(t, "GET", "/healthz", "", nil) }, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			h := c.reply(t).header
+			if got := h.Get("X-Content-Type-Options"); got != "nosniff" {
+				t.Errorf("X-Content-Type-Options %q, want nosniff", got)
+			}
+			if got := h.Get("Referrer-Policy"); got != "no-referrer" {
+				t.Errorf("Referrer-Policy %q, want no-referrer", got)
+			}
+			if got := h.Get("Cache-Control"); c.private && got != "no-store" {
+				t.Errorf("Cache-Control %q, want no-store", got)
+			}
+		})
+	}
+}
