@@ -31,7 +31,7 @@ func createAdmin(databaseURL, stdin string, args ...string) (string, error) {
 // countUsers returns how many users there are, or only admins when role is roleAdmin.
 func (e *testEnv) countUsers(t *testing.T, role string) int {
 	t.Helper()
-	_, total, err := e.st.listUsers(context.Background(), userFilter{Role: role, Sort: "id", Page: 1, PerPage: 1})
+	_, total, err := e.st.listUsers(context.Background(), userFilter{Role: role, Sort: "id", page: page{Page: 1, PerPage: 1}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,8 +154,8 @@ func TestCreateAdminRefuses(t *testing.T) {
 		{
 			name: "the username belongs to a regular user",
 			setup: func(t *testing.T, env *testEnv) {
-				hash, _ := newHasher(4).hash(testPassword)
-				if _, err := env.st.createUser(context.Background(), newUser{"ROOT", "A", "B", "other@example.com"}, hash, roleUser); err != nil {
+				hash, _ := newHasher(4, 1).hash(context.Background(), testPassword)
+				if _, err := env.st.createUser(context.Background(), newUser{"ROOT", "A", "B", "other@example.com"}, hash, env.cfg.verifyTTL); err != nil {
 					t.Fatal(err)
 				}
 			},

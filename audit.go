@@ -128,6 +128,7 @@ func parseAuditFilter(q url.Values) (auditFilter, error) {
 			}
 		case name == "action":
 			f.Action = value
+			check(problems, name, textProblem(value))
 		case name == "since", name == "until":
 			t, err := time.Parse(time.RFC3339, value)
 			if err != nil {

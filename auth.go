@@ -71,6 +71,7 @@ func (r loginRequest) valid() map[string]string {
 	if r.Username == "" {
 		problems["username"] = "is required"
 	}
+	check(problems, "username", textProblem(r.Username))
 	if r.Password == "" {
 		problems["password"] = "is required"
 	}

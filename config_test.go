@@ -6,6 +6,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -37,7 +38,22 @@ func TestLoadConfigDefaults(t *testing.T) {
 		got, want any
 	}{
 		{"DATABASE_URL", cfg.databaseURL, "postgres://localhost/usermgmt"},
-		{"JWT_SECRET_KEY", string(cfg.jwtSecret), secret32},
+		{"JWT_SECRET_KEY", string(cfg.keys.current.secret), secret32},
+		{"JWT_SECRET_KEY_PREVIOUS", cfg.keys.previous == nil, true},
+		{"REFRESH_TOKEN_EXPIRES", cfg.refreshTTL, 30 * 24 * time.Hour},
+		{"REFRESH_REUSE_INTERVAL", cfg.refreshReuseInterval, 10 * time.Second},
+		{"LOGIN_MAX_FAILURES", cfg.loginMaxFailures, 5},
+		{"AUTH_RATE_LIMIT", cfg.authRateLimit, 30},
+		{"AUTH_RATE_BURST", cfg.authRateBurst, 10},
+		{"TRUSTED_PROXIES", len(cfg.trustedProxies), 0},
+		{"BCRYPT_CONCURRENCY", cfg.bcryptConcurrency, runtime.NumCPU()},
+		{"EMAIL_VERIFICATION_EXPIRES", cfg.verifyTTL, 24 * time.Hour},
+		{"REQUIRE_VERIFIED_EMAIL", cfg.requireVerifiedEmail, false},
+		{"MAIL_MAX_ATTEMPTS", cfg.mail.maxAttempts, 8},
+		{"MAIL_TLS_INSECURE_SKIP_VERIFY", cfg.mail.insecureTLS, false},
+		{"PUBLIC_URL", cfg.mail.publicURL, "http://localhost:8080"},
+		{"PASSWORD_RESET_URL", cfg.mail.resetURL, "http://localhost:8080/api/auth/reset-password/{token}"},
+		{"EMAIL_VERIFICATION_URL", cfg.mail.verifyURL, "http://localhost:8080/api/auth/verify-email/{token}"},
 		{"ADDR", cfg.addr, ":8080"},
 		{"JWT_ACCESS_TOKEN_EXPIRES", cfg.accessTTL, 3600 * time.Second},
 		{"BCRYPT_COST", cfg.bcryptCost, 12},
@@ -54,8 +70,8 @@ func TestLoadConfigDefaults(t *testing.T) {
 			t.Errorf("%s: got %v, want %v", c.name, c.got, c.want)
 		}
 	}
-	if cfg.mail.sender == "" || cfg.publicURL == "" {
-		t.Errorf("no default MAIL_DEFAULT_SENDER (%q) or PUBLIC_URL (%q)", cfg.mail.sender, cfg.publicURL)
+	if cfg.mail.sender == "" || cfg.mail.publicURL == "" {
+		t.Errorf("no default MAIL_DEFAULT_SENDER (%q) or PUBLIC_URL (%q)", cfg.mail.sender, cfg.mail.publicURL)
 	}
 }
 
@@ -89,9 +105,11 @@ func TestLoadConfigValues(t *testing.T) {
 			"MAIL_DEFAULT_SENDER": "noreply@example.com", "MAIL_BACKEND": "smtp",
 		}, func(c config) bool {
 			return c.addr == "127.0.0.1:9000" && c.accessTTL == time.Minute && c.bcryptCost == 4 && c.passwordMinLength == 10 &&
-				c.resetTTL == 15*time.Minute && c.publicURL == "https://users.example.com" &&
-				c.mail == mailConfig{backend: mailSMTP, server: "smtp.example.com", port: 587, username: "mailer",
-					password: "hunter2", useTLS: true, sender: "noreply@example.com", timeout: c.mail.timeout}
+				c.resetTTL == 15*time.Minute && c.mail.publicURL == "https://users.example.com" &&
+				c.mail.resetURL == "https://users.example.com/api/auth/reset-password/{token}" &&
+				c.mail.backend == mailSMTP && c.mail.server == "smtp.example.com" && c.mail.port == 587 &&
+				c.mail.username == "mailer" && c.mail.password == "hunter2" && c.mail.useTLS && !c.mail.useSSL &&
+				c.mail.sender == "noreply@example.com"
 		}},
 	}
 	for _, tt := range tests {

@@ -131,7 +131,7 @@ func (ks keySet) forHeader(segment string) (signingKey, bool) {
 		return signingKey{}, false
 	}
 	switch {
-	case h.Kid == ks.current.id:
+	case h.Kid == ks.current.id || h.Kid == "": // no kid: a token from before keys had ids
 		return ks.current, true
 	case ks.previous != nil && h.Kid == ks.previous.id:
 		return *ks.previous, true

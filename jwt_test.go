@@ -19,8 +19,9 @@ import (
 // real handler.
 
 var (
-	jwtTestKey = []byte("jwt-test-key-jwt-test-key-0123456789")
-	jwtTestNow = time.Unix(1_900_000_000, 0)
+	jwtTestKey  = []byte("jwt-test-key-jwt-test-key-0123456789")
+	jwtTestKeys = newKeySet(jwtTestKey, nil)
+	jwtTestNow  = time.Unix(1_900_000_000, 0)
 )
 
 // jwtSegment base64url-encodes one token segment, as RFC 7515 says: no padding.
@@ -55,7 +56,7 @@ func jwtClaims(sub string) string {
 
 // jwtAccepts verifies a token the way requireAuth does: verifyToken, then the subject.
 func jwtAccepts(token string) (tokenClaims, error) {
-	claims, err := verifyToken(jwtTestKey, token, jwtTestNow)
+	claims, err := verifyToken(jwtTestKeys, token, jwtTestNow)
 	if err == nil {
 		_, err = claims.userID()
 	}
@@ -64,7 +65,7 @@ func jwtAccepts(token string) (tokenClaims, error) {
 
 func TestJWTRoundTrip(t *testing.T) {
 	t.Parallel()
-	token := signToken(jwtTestKey, 42, 7, jwtTestNow, time.Hour)
+	token := signToken(jwtTestKeys, 42, 7, 0, jwtTestNow, time.Hour)
 	parts := strings.Split(token, ".")
 	if len(parts) != 3 {
 		t.Fatalf("token %q has %d segments, want 3", token, len(parts))
@@ -92,7 +93,7 @@ func TestJWTRoundTrip(t *testing.T) {
 
 func TestJWTExpiry(t *testing.T) {
 	t.Parallel()
-	token := signToken(jwtTestKey, 42, 0, jwtTestNow, time.Hour)
+	token := signToken(jwtTestKeys, 42, 0, 0, jwtTestNow, time.Hour)
 	for _, tt := range []struct {
 		after time.Duration
 		want  error
@@ -104,25 +105,25 @@ func TestJWTExpiry(t *testing.T) {
 		{time.Hour + time.Second, errTokenExpired},
 		{365 * 24 * time.Hour, errTokenExpired},
 	} {
-		_, err := verifyToken(jwtTestKey, token, jwtTestNow.Add(tt.after))
+		_, err := verifyToken(jwtTestKeys, token, jwtTestNow.Add(tt.after))
 		if !errors.Is(err, tt.want) {
 			t.Errorf("%v after issue: err = %v, want %v", tt.after, err, tt.want)
 		}
 	}
 	// A past exp says nothing until the MAC is good: a forged expired token is just invalid.
-	expired := signToken(jwtTestKey, 42, 0, jwtTestNow.Add(-2*time.Hour), time.Hour)
-	if _, err := verifyToken(jwtTestKey, expired, jwtTestNow); !errors.Is(err, errTokenExpired) {
+	expired := signToken(jwtTestKeys, 42, 0, 0, jwtTestNow.Add(-2*time.Hour), time.Hour)
+	if _, err := verifyToken(jwtTestKeys, expired, jwtTestNow); !errors.Is(err, errTokenExpired) {
 		t.Errorf("expired token: err = %v, want errTokenExpired", err)
 	}
-	forged := signToken([]byte("some-other-key-some-other-key-0123"), 42, 0, jwtTestNow.Add(-2*time.Hour), time.Hour)
-	if _, err := verifyToken(jwtTestKey, forged, jwtTestNow); !errors.Is(err, errTokenInvalid) {
+	forged := signToken(newKeySet([]byte("some-other-key-some-other-key-0123"), nil), 42, 0, 0, jwtTestNow.Add(-2*time.Hour), time.Hour)
+	if _, err := verifyToken(jwtTestKeys, forged, jwtTestNow); !errors.Is(err, errTokenInvalid) {
 		t.Errorf("expired token under another key: err = %v, want errTokenInvalid", err)
 	}
 }
 
 func TestJWTTampering(t *testing.T) {
 	t.Parallel()
-	valid := signToken(jwtTestKey, 42, 0, jwtTestNow, time.Hour)
+	valid := signToken(jwtTestKeys, 42, 0, 0, jwtTestNow, time.Hour)
 	header, payload, sig := func() (string, string, string) {
 		p := strings.Split(valid, ".")
 		return p[0], p[1], p[2]
@@ -152,9 +153,9 @@ func TestJWTTampering(t *testing.T) {
 		{"changed payload, old signature", header + "." + jwtSegment(jwtClaims("1")) + "." + sig},
 		{"changed version, old signature", header + "." + jwtSegment(strings.Replace(jwtClaims("42"), `"ver":0`, `"ver":1`, 1)) + "." + sig},
 		{"changed header, old signature", jwtSegment(`{"typ":"JWT","alg":"HS256"}`) + "." + payload + "." + sig},
-		{"wrong key", signToken([]byte("some-other-key-some-other-key-0123"), 42, 0, jwtTestNow, time.Hour)},
-		{"empty key", signToken(nil, 42, 0, jwtTestNow, time.Hour)},
-		{"signature of another token", header + "." + payload + "." + strings.Split(signToken(jwtTestKey, 43, 0, jwtTestNow, time.Hour), ".")[2]},
+		{"wrong key", signToken(newKeySet([]byte("some-other-key-some-other-key-0123"), nil), 42, 0, 0, jwtTestNow, time.Hour)},
+		{"empty key", signToken(newKeySet(nil, nil), 42, 0, 0, jwtTestNow, time.Hour)},
+		{"signature of another token", header + "." + payload + "." + strings.Split(signToken(jwtTestKeys, 43, 0, 0, jwtTestNow, time.Hour), ".")[2]},
 		{"signature missing", header + "." + payload + "."},
 		{"signature truncated by one", valid[:len(valid)-1]},
 		{"signature truncated by half", valid[:len(valid)-len(sig)/2]},
@@ -261,7 +262,7 @@ func TestJWTAuthorizationHeader(t *testing.T) {
 	t.Parallel()
 	env := newTestEnv(t)
 	alice := env.addUser(t, "alice", roleUser)
-	token := env.tokenFor(alice)
+	token := env.tokenFor(t, alice)
 	parts := strings.Split(token, ".")
 
 	jwtAuthReply(t, jwtGetMe(t, env, "", false), jwtMissing)
@@ -285,12 +286,12 @@ func TestJWTAuthorizationHeader(t *testing.T) {
 		{"token twice", "Bearer " + token + " " + token, []string{jwtMissing, jwtInvalid}},
 		{"scheme twice", "Bearer Bearer " + token, []string{jwtMissing, jwtInvalid}},
 		{"alg none", "Bearer " + jwtSegment(`{"alg":"none","typ":"JWT"}`) + "." + parts[1] + ".", []string{jwtInvalid}},
-		{"wrong key", "Bearer " + signToken([]byte("some-other-key-some-other-key-0123"), alice.ID, 0, env.clock.Now(), time.Hour), []string{jwtInvalid}},
-		{"non-numeric sub", "Bearer " + jwtForge(env.cfg.jwtSecret, `{"alg":"HS256","typ":"JWT"}`,
+		{"wrong key", "Bearer " + signToken(newKeySet([]byte("some-other-key-some-other-key-0123"), nil), alice.ID, 0, 0, env.clock.Now(), time.Hour), []string{jwtInvalid}},
+		{"non-numeric sub", "Bearer " + jwtForge(env.cfg.keys.current.secret, `{"alg":"HS256","typ":"JWT"}`,
 			fmt.Sprintf(`{"sub":"alice","exp":%d,"ver":0}`, env.clock.Now().Add(time.Hour).Unix())), []string{jwtInvalid}},
-		{"unknown user", "Bearer " + signToken(env.cfg.jwtSecret, alice.ID+100, 0, env.clock.Now(), time.Hour), []string{jwtInvalid}},
+		{"unknown user", "Bearer " + signToken(env.cfg.keys, alice.ID+100, 0, 0, env.clock.Now(), time.Hour), []string{jwtInvalid}},
 		{"signature with other trailing bits", "Bearer " + jwtOtherTrailingBits(token), []string{jwtInvalid}},
-		{"old version", "Bearer " + signToken(env.cfg.jwtSecret, alice.ID, alice.TokenVersion+1, env.clock.Now(), time.Hour), []string{jwtInvalid}},
+		{"old version", "Bearer " + signToken(env.cfg.keys, alice.ID, alice.TokenVersion+1, 0, env.clock.Now(), time.Hour), []string{jwtInvalid}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			r := jwtGetMe(t, env, tt.value, true)
@@ -311,7 +312,7 @@ func TestJWTExpiredDeletedDeactivated(t *testing.T) {
 	alice := env.addUser(t, "alice", roleUser)
 	bob := env.addUser(t, "bob", roleUser)
 	carol := env.addUser(t, "carol", roleUser)
-	aliceToken, bobToken, carolToken := env.tokenFor(alice), env.tokenFor(bob), env.tokenFor(carol)
+	aliceToken, bobToken, carolToken := env.tokenFor(t, alice), env.tokenFor(t, bob), env.tokenFor(t, carol)
 	ctx := context.Background()
 
 	if _, err := env.st.pool.Exec(ctx, "DELETE FROM users WHERE id = $1", bob.ID); err != nil {
@@ -330,18 +331,18 @@ func TestJWTExpiredDeletedDeactivated(t *testing.T) {
 	env.clock.Advance(24 * time.Hour)
 	jwtAuthReply(t, env.do(t, "GET", "/api/users/me", aliceToken, nil), jwtExpired)
 	// A fresh token works again: only the old one expired.
-	env.do(t, "GET", "/api/users/me", env.tokenFor(alice), nil).expect(t, http.StatusOK)
+	env.do(t, "GET", "/api/users/me", env.tokenFor(t, alice), nil).expect(t, http.StatusOK)
 }
 
 func FuzzVerifyToken(f *testing.F) {
-	valid := signToken(jwtTestKey, 42, 3, jwtTestNow, time.Hour)
+	valid := signToken(jwtTestKeys, 42, 3, 0, jwtTestNow, time.Hour)
 	p := strings.Split(valid, ".")
 	for _, seed := range []string{
 		valid,
-		signToken(jwtTestKey, 1, 0, jwtTestNow.Add(-time.Minute), time.Hour),
-		signToken(jwtTestKey, 9_223_372_036_854_775_807, 1<<40, jwtTestNow, 24*time.Hour),
-		signToken(jwtTestKey, 42, 0, jwtTestNow.Add(-2*time.Hour), time.Hour), // expired
-		signToken([]byte("some-other-key-some-other-key-0123"), 42, 0, jwtTestNow, time.Hour),
+		signToken(jwtTestKeys, 1, 0, 0, jwtTestNow.Add(-time.Minute), time.Hour),
+		signToken(jwtTestKeys, 9_223_372_036_854_775_807, 1<<40, 0, jwtTestNow, 24*time.Hour),
+		signToken(jwtTestKeys, 42, 0, 0, jwtTestNow.Add(-2*time.Hour), time.Hour), // expired
+		signToken(newKeySet([]byte("some-other-key-some-other-key-0123"), nil), 42, 0, 0, jwtTestNow, time.Hour),
 		jwtSegment(`{"alg":"none","typ":"JWT"}`) + "." + p[1] + ".",
 		jwtForge(jwtTestKey, `{"alg":"HS512","typ":"JWT"}`, jwtClaims("42")),
 		jwtForge(jwtTestKey, `{"alg":"HS256"}`, jwtClaims("42")),
@@ -353,7 +354,7 @@ func FuzzVerifyToken(f *testing.F) {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, token string) {
-		claims, err := verifyToken(jwtTestKey, token, jwtTestNow)
+		claims, err := verifyToken(jwtTestKeys, token, jwtTestNow)
 		if err != nil {
 			if !errors.Is(err, errTokenInvalid) && !errors.Is(err, errTokenExpired) {
 				t.Fatalf("err = %v, want errTokenInvalid or errTokenExpired", err)
@@ -397,7 +398,7 @@ func FuzzAuthorizationHeader(f *testing.F) {
 	// A fixed clock makes the one valid token the same in every fuzzing worker.
 	env.clock.Advance(jwtTestNow.Sub(env.clock.Now()))
 	alice := env.addUser(f, "alice", roleUser)
-	token := env.tokenFor(alice)
+	token := env.tokenFor(f, alice)
 	p := strings.Split(token, ".")
 	for _, seed := range []string{
 		"Bearer " + token,
@@ -408,7 +409,7 @@ func FuzzAuthorizationHeader(f *testing.F) {
 		"Bearer " + p[0] + "." + p[1] + ".",
 		"Bearer " + jwtSegment(`{"alg":"none","typ":"JWT"}`) + "." + p[1] + ".",
 		"Bearer " + p[0] + "." + jwtSegment(jwtClaims("1")) + "." + p[2],
-		"Bearer " + signToken(env.cfg.jwtSecret, alice.ID, 0, jwtTestNow.Add(-2*time.Hour), time.Hour),
+		"Bearer " + signToken(env.cfg.keys, alice.ID, 0, 0, jwtTestNow.Add(-2*time.Hour), time.Hour),
 		"Bearer", "Bearer ", "", "Basic YWxpY2U6cGFzc3dvcmQxMjM=", "Bearer garbage",
 	} {
 		f.Add(seed)

@@ -135,13 +135,11 @@ func (e *testEnv) anotherInstance(t testing.TB, cfg config) *testEnv {
 		t.Fatalf("opening second store: %v", err)
 	}
 	logger := slog.New(slog.NewTextHandler(e.logs, nil))
-	mail := newMailer(cfg.mail, logger)
 	other := *e
-	other.cfg, other.st, other.mail = cfg, st, mail
-	other.server = httptest.NewServer(newServer(cfg, st, mail, logger))
+	other.cfg, other.st = cfg, st
+	other.server = httptest.NewServer(newServer(cfg, st, logger))
 	t.Cleanup(func() {
 		other.server.Close()
-		mail.wait()
 		st.close()
 	})
 	return &other

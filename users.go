@@ -194,6 +194,7 @@ func parseUserFilter(q url.Values) (userFilter, error) {
 			if len(value) > 254 {
 				problems[name] = "must be at most 254 characters"
 			}
+			check(problems, name, textProblem(value))
 		case name == "role":
 			role, ok := parseRole(value)
 			f.Role = role

@@ -59,6 +59,15 @@ func emailProblem(s string) string {
 	return ""
 }
 
+// textProblem rejects what PostgreSQL text cannot hold: NUL bytes and invalid UTF-8. Fields
+// with their own rules already exclude both; this guards free text such as searches.
+func textProblem(s string) string {
+	if !utf8.ValidString(s) || strings.ContainsRune(s, 0) {
+		return "must be valid UTF-8 text without NUL characters"
+	}
+	return ""
+}
+
 func passwordProblem(s string, minLength int) string {
 	if utf8.RuneCountInString(s) < minLength {
 		return fmt.Sprintf("must be at least %d characters", minLength)
