@@ -174,7 +174,7 @@ func apiEndpoints(env *testEnv, adminToken string) []apiEndpoint {
 			stringFields:  []string{"current_password", "new_password"},
 			unknownFields: []string{"password"},
 			setup: func(t *testing.T) (string, string, map[string]any) {
-				return "/api/auth/change-password", env.tokenFor(fresh(t)),
+				return "/api/auth/change-password", env.tokenFor(t, fresh(t)),
 					map[string]any{"current_password": testPassword, "new_password": "brand-new-password"}
 			},
 		},
@@ -270,7 +270,7 @@ func apiBadBodies(e apiEndpoint) []apiBodyCase {
 func TestBadBodiesGetClear4xx(t *testing.T) {
 	t.Parallel()
 	env := newTestEnv(t)
-	adminToken := env.tokenFor(env.addUser(t, "root", roleAdmin))
+	adminToken := env.tokenFor(t, env.addUser(t, "root", roleAdmin))
 	for _, e := range apiEndpoints(env, adminToken) {
 		for _, c := range apiBadBodies(e) {
 			t.Run(e.name+"/"+c.name, func(t *testing.T) {
@@ -288,7 +288,7 @@ func TestBadBodiesGetClear4xx(t *testing.T) {
 func TestGoodBodiesAccepted(t *testing.T) {
 	t.Parallel()
 	env := newTestEnv(t)
-	adminToken := env.tokenFor(env.addUser(t, "root", roleAdmin))
+	adminToken := env.tokenFor(t, env.addUser(t, "root", roleAdmin))
 	cases := []struct {
 		name        string
 		contentType string
@@ -321,7 +321,7 @@ func TestGoodBodiesAccepted(t *testing.T) {
 func TestNULBytesNever500(t *testing.T) {
 	t.Parallel()
 	env := newTestEnv(t)
-	adminToken := env.tokenFor(env.addUser(t, "root", roleAdmin))
+	adminToken := env.tokenFor(t, env.addUser(t, "root", roleAdmin))
 	for _, e := range apiEndpoints(env, adminToken) {
 		for _, f := range e.stringFields {
 			for _, suffix := range []string{"\x00", "\x00@example.com"} {
@@ -352,7 +352,7 @@ func TestBadUserIDs(t *testing.T) {
 	actors := []struct {
 		name  string
 		token string
-	}{{"admin", env.tokenFor(admin)}, {"user", env.tokenFor(alice)}}
+	}{{"admin", env.tokenFor(t, admin)}, {"user", env.tokenFor(t, alice)}}
 	ids := []string{"abc", "-1", "0", "99999999999999999999", "9223372036854775808", "1.5", "1e3", "0x1", "%20", "1%00"}
 	for _, actor := range actors {
 		for _, method := range []string{"GET", "PUT", "PATCH", "DELETE"} {
@@ -375,7 +375,7 @@ func TestBadUserIDs(t *testing.T) {
 	}
 	// The rows are untouched.
 	for _, u := range []user{admin, alice} {
-		env.do(t, "GET", "/api/users/"+strconv.FormatInt(u.ID, 10), env.tokenFor(admin), nil).expect(t, http.StatusOK)
+		env.do(t, "GET", "/api/users/"+strconv.FormatInt(u.ID, 10), env.tokenFor(t, admin), nil).expect(t, http.StatusOK)
 	}
 }
 
@@ -383,9 +383,9 @@ func TestBadUserIDs(t *testing.T) {
 func TestUnknownRoutes(t *testing.T) {
 	t.Parallel()
 	env := newTestEnv(t)
-	token := env.tokenFor(env.addUser(t, "root", roleAdmin))
+	token := env.tokenFor(t, env.addUser(t, "root", roleAdmin))
 	paths := []string{"/", "/nope", "/api", "/api/", "/api/users", "/api/users/", "/api/users/1/extra",
-		"/api/users/me/extra", "/api/auth", "/api/auth/logout", "/api/auth/reset-password/", "/api/admin",
+		"/api/users/me/extra", "/api/auth", "/api/auth/logoff", "/api/auth/reset-password/", "/api/admin",
 		"/api/admin/users/1", "/healthz/x", "/API/users/me"}
 	for _, path := range paths {
 		for _, method := range []string{"GET", "POST"} {
@@ -408,7 +408,7 @@ func TestUnknownRoutes(t *testing.T) {
 func TestWrongMethods(t *testing.T) {
 	t.Parallel()
 	env := newTestEnv(t)
-	token := env.tokenFor(env.addUser(t, "root", roleAdmin))
+	token := env.tokenFor(t, env.addUser(t, "root", roleAdmin))
 	cases := []struct {
 		method, path string
 		allow        []string
@@ -449,7 +449,7 @@ func TestResponseHeaders(t *testing.T) {
 	t.Parallel()
 	env := newTestEnv(t)
 	alice := env.addUser(t, "alice", roleUser)
-	adminToken := env.tokenFor(env.addUser(t, "root", roleAdmin))
+	adminToken := env.tokenFor(t, env.addUser(t, "root", roleAdmin))
 	cases := []struct {
 		name, method, path, token string
 		body                      []byte
@@ -459,11 +459,11 @@ func TestResponseHeaders(t *testing.T) {
 		{"register", "POST", "/api/auth/register", "", []byte(`{"username": "bob", "first_name": "B", "last_name": "Ob",
 			"email": "bob@example.com", "password": "password123"}`), 201},
 		{"login", "POST", "/api/auth/login", "", []byte(`{"username": "alice", "password": "password123"}`), 200},
-		{"me", "GET", "/api/users/me", env.tokenFor(alice), nil, 200},
+		{"me", "GET", "/api/users/me", env.tokenFor(t, alice), nil, 200},
 		{"list", "GET", "/api/admin/users", adminToken, nil, 200},
 		{"bad login", "POST", "/api/auth/login", "", []byte(`{"username": "alice", "password": "wrong-password"}`), 401},
 		{"no token", "GET", "/api/users/me", "", nil, 401},
-		{"not an admin", "GET", "/api/admin/users", env.tokenFor(alice), nil, 403},
+		{"not an admin", "GET", "/api/admin/users", env.tokenFor(t, alice), nil, 403},
 		{"bad body", "POST", "/api/auth/login", "", []byte(`{`), 400},
 		{"missing user", "GET", "/api/users/999999", adminToken, nil, 404},
 		{"unknown route", "GET", "/nope", "", nil, 404},
@@ -491,7 +491,7 @@ func TestResponseHeaders(t *testing.T) {
 func TestListUsersBadQuery(t *testing.T) {
 	t.Parallel()
 	env := newTestEnv(t)
-	token := env.tokenFor(env.addUser(t, "root", roleAdmin))
+	token := env.tokenFor(t, env.addUser(t, "root", roleAdmin))
 	cases := []struct{ query, param string }{
 		{"page=0", "page"}, {"page=-1", "page"}, {"page=x", "page"}, {"page=1.5", "page"},
 		{"page=99999999999999999999", "page"}, {"per_page=0", "per_page"}, {"per_page=201", "per_page"},
@@ -537,7 +537,7 @@ func FuzzRegisterBody(f *testing.F) {
 // FuzzUserUpdateBody sends arbitrary bytes as an admin's PATCH of a fresh user: never a 5xx.
 func FuzzUserUpdateBody(f *testing.F) {
 	env := newTestEnv(f)
-	adminToken := env.tokenFor(env.addUser(f, "root", roleAdmin))
+	adminToken := env.tokenFor(f, env.addUser(f, "root", roleAdmin))
 	env.addUser(f, "taken", roleUser)
 	for _, seed := range []string{
 		`{"first_name": "New"}`,
@@ -562,7 +562,7 @@ func FuzzUserUpdateBody(f *testing.F) {
 // FuzzListUsersQuery sends arbitrary raw query strings to the admin user list: never a 5xx.
 func FuzzListUsersQuery(f *testing.F) {
 	env := newTestEnv(f)
-	adminToken := env.tokenFor(env.addUser(f, "root", roleAdmin))
+	adminToken := env.tokenFor(f, env.addUser(f, "root", roleAdmin))
 	for _, name := range []string{"alice", "bob", "carol"} {
 		env.addUser(f, name, roleUser)
 	}

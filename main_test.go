@@ -97,15 +97,11 @@ func (e *testEnv) deliverMail(t testing.TB) []mailMessage {
 	var sent []mailMessage
 	for {
 		found, err := e.st.deliverNext(context.Background(), e.cfg.mail.maxAttempts, func(m queuedMail) error {
-			msg, err := render(e.cfg.mail, m.Kind, m.Recipient, m.Data)
-			if err != nil {
-				return err
+			msg, err := sendQueued(e.cfg.mail, slog.New(slog.NewTextHandler(e.logs, nil)), m)
+			if err == nil {
+				sent = append(sent, msg)
 			}
-			if err := deliver(context.Background(), e.cfg.mail, slog.New(slog.NewTextHandler(e.logs, nil)), msg); err != nil {
-				return err
-			}
-			sent = append(sent, msg)
-			return nil
+			return err
 		})
 		if err != nil {
 			t.Fatalf("delivering mail: %v", err)

@@ -77,6 +77,21 @@ func (s *store) deliverNext(ctx context.Context, maxAttempts int, send func(queu
 	return found, err
 }
 
+// sendQueued renders a queued message and hands it to the backend, logging a failure (never
+// the message itself, which may hold a token).
+func sendQueued(cfg mailConfig, logger *slog.Logger, m queuedMail) (mailMessage, error) {
+	msg, err := render(cfg, m.Kind, m.Recipient, m.Data)
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.totalTimeout)
+		defer cancel()
+		err = deliver(ctx, cfg, logger, msg)
+	}
+	if err != nil {
+		logger.Warn("mail not sent", "id", m.ID, "kind", m.Kind, "attempt", m.Attempts+1, "err", err)
+	}
+	return msg, err
+}
+
 // mailPollInterval is how often a worker looks for due mail.
 const mailPollInterval = time.Second
 
@@ -84,15 +99,7 @@ const mailPollInterval = time.Second
 // first, so shutdown does not cut a conversation with the mail server in half.
 func runOutbox(ctx context.Context, cfg mailConfig, st *store, logger *slog.Logger) {
 	send := func(m queuedMail) error {
-		msg, err := render(cfg, m.Kind, m.Recipient, m.Data)
-		if err == nil {
-			sendCtx, cancel := context.WithTimeout(context.Background(), cfg.totalTimeout)
-			defer cancel()
-			err = deliver(sendCtx, cfg, logger, msg)
-		}
-		if err != nil {
-			logger.Warn("mail not sent", "id", m.ID, "kind", m.Kind, "attempt", m.Attempts+1, "err", err)
-		}
+		_, err := sendQueued(cfg, logger, m)
 		return err
 	}
 	ticker := time.NewTicker(mailPollInterval)

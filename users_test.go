@@ -20,7 +20,7 @@ import (
 // token revocation, profile updates, /me and the admin list.
 
 // usersObjectKeys are exactly the keys of the user object of every reply.
-var usersObjectKeys = []string{"created_at", "email", "first_name", "id", "is_active", "last_name", "role", "updated_at", "username"}
+var usersObjectKeys = []string{"created_at", "email", "email_verified", "first_name", "id", "is_active", "last_name", "role", "updated_at", "username"}
 
 // usersDecodeObject fails unless raw is a user object with exactly usersObjectKeys and RFC 3339
 // UTC timestamps, and returns it.
@@ -139,7 +139,7 @@ func TestUsersPermissions(t *testing.T) {
 						body = a.body(target)
 					}
 					path := fmt.Sprintf("/api/users/%d", target.ID)
-					r := env.do(t, a.method, path, env.tokenFor(actor), body)
+					r := env.do(t, a.method, path, env.tokenFor(t, actor), body)
 					r.expect(t, wantStatus)
 
 					if targetKind == "missing id" {
@@ -249,7 +249,7 @@ func TestUsersLastAdmin(t *testing.T) {
 			for i, s := range c.steps {
 				actor := usersReload(t, env, users[s.actor])
 				path := fmt.Sprintf("/api/users/%d", users[s.target].ID)
-				r := env.do(t, s.method, path, env.tokenFor(actor), s.body)
+				r := env.do(t, s.method, path, env.tokenFor(t, actor), s.body)
 				if r.status != s.want {
 					t.Fatalf("step %d: %s %s by %s: status %d, want %d; body: %s", i, s.method, s.target, s.actor, r.status, s.want, r.body)
 				}
@@ -294,7 +294,7 @@ func TestUsersConcurrentSelfDemotion(t *testing.T) {
 				t.Fatal(err)
 			}
 			req.Header.Set("Content-Type", "application/json")
-			req.Header.Set("Authorization", "Bearer "+env.tokenFor(u))
+			req.Header.Set("Authorization", "Bearer "+env.tokenFor(t, u))
 			requests[i] = req
 		}
 		statuses := make([]int, 2)
@@ -466,7 +466,7 @@ func TestUsersUpdate(t *testing.T) {
 			if c.byAdmin {
 				actor = root
 			}
-			r := env.do(t, c.method, fmt.Sprintf("/api/users/%d", alice.ID), env.tokenFor(actor), c.body)
+			r := env.do(t, c.method, fmt.Sprintf("/api/users/%d", alice.ID), env.tokenFor(t, actor), c.body)
 			r.expect(t, c.want)
 			if c.want != http.StatusOK {
 				if c.wantErrors != nil {
@@ -513,7 +513,7 @@ func TestUsersUpdate(t *testing.T) {
 		alice := env.addUser(t, "alice", roleUser)
 		previous := alice.UpdatedAt
 		for i, method := range []string{"PUT", "PATCH", "PUT"} {
-			r := env.do(t, method, fmt.Sprintf("/api/users/%d", alice.ID), env.tokenFor(alice), map[string]any{"last_name": fmt.Sprintf("L%d", i)})
+			r := env.do(t, method, fmt.Sprintf("/api/users/%d", alice.ID), env.tokenFor(t, alice), map[string]any{"last_name": fmt.Sprintf("L%d", i)})
 			got := usersDecodeObject(t, r.expect(t, http.StatusOK).body)
 			if !got.UpdatedAt.After(previous) {
 				t.Errorf("update %d: updated_at %v, want after %v", i, got.UpdatedAt, previous)
@@ -527,7 +527,7 @@ func TestUsersMe(t *testing.T) {
 	t.Parallel()
 	env := newTestEnv(t)
 	for _, u := range []user{env.addUser(t, "alice", roleUser), env.addUser(t, "root", roleAdmin)} {
-		token := env.tokenFor(u)
+		token := env.tokenFor(t, u)
 		me := env.do(t, "GET", "/api/users/me", token, nil).expect(t, http.StatusOK)
 		got := usersDecodeObject(t, me.body)
 		want := u
@@ -614,7 +614,7 @@ func TestUsersAdminList(t *testing.T) {
 	root := env.addUser(t, "root", roleAdmin)
 	usersSeedList(t, env, 30)
 	const total = 31
-	token := env.tokenFor(root)
+	token := env.tokenFor(t, root)
 
 	list := func(t *testing.T, query string) (response, []user) {
 		t.Helper()
@@ -835,7 +835,7 @@ func TestUsersAdminList(t *testing.T) {
 		// A seeded active user: adding one here would change the other cases' totals.
 		i := slices.IndexFunc(all, func(u user) bool { return u.Role == roleUser && u.IsActive })
 		plain := usersReload(t, env, all[i])
-		env.do(t, "GET", "/api/admin/users", env.tokenFor(plain), nil).expect(t, http.StatusForbidden)
+		env.do(t, "GET", "/api/admin/users", env.tokenFor(t, plain), nil).expect(t, http.StatusForbidden)
 		env.do(t, "GET", "/api/admin/users", "", nil).expect(t, http.StatusUnauthorized)
 	})
 }
