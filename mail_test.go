@@ -1,3 +1,5 @@
+//go:build wip_mail
+
 package main
 
 import (
