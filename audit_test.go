@@ -129,7 +129,10 @@ func TestAuditRowForEveryAction(t *testing.T) {
 				"username": "alice", "first_name": "Alice", "last_name": "Liddell", "email": "alice@example.com", "password": passwords[0],
 			}).expect(t, http.StatusCreated).json(t)
 			aliceID = int64(body["id"].(float64))
-			return []auditRow{{auditRegister, idp(aliceID), idp(aliceID), ip, none}}
+			return []auditRow{
+				{auditVerificationRequested, nil, idp(aliceID), ip, none}, // the verification mail
+				{auditRegister, idp(aliceID), idp(aliceID), ip, none},
+			}
 		}},
 		{action: auditLoginSucceeded, act: func(t *testing.T) []auditRow {
 			alice = env.loginSession(t, "alice", passwords[0])
@@ -140,7 +143,10 @@ func TestAuditRowForEveryAction(t *testing.T) {
 			env.do(t, "PATCH", fmt.Sprintf("/api/users/%d", aliceID), alice.access, map[string]string{
 				"first_name": "Alicia", "last_name": "Liddell", "email": "alicia@example.com", // last_name unchanged
 			}).expect(t, http.StatusOK)
-			return []auditRow{{auditProfileUpdated, idp(aliceID), idp(aliceID), ip, map[string]any{"fields": []string{"first_name", "email"}}}}
+			return []auditRow{
+				{auditVerificationRequested, nil, idp(aliceID), ip, none}, // the new address is verified anew
+				{auditProfileUpdated, idp(aliceID), idp(aliceID), ip, map[string]any{"fields": []string{"first_name", "email"}}},
+			}
 		}},
 		{action: auditSessionRevoked, act: func(t *testing.T) []auditRow {
 			env.do(t, "DELETE", fmt.Sprintf("/api/users/me/sessions/%d", alice.sessionID), alice.access, nil).expect(t, http.StatusOK)
@@ -374,8 +380,8 @@ func TestAuditLogEndpoint(t *testing.T) {
 	})
 
 	all, _ := env.auditLog(t, rootToken, "")
-	if len(all) != 8 { // 3 registrations, 2 logins, 2 profile updates, 1 deactivation
-		t.Fatalf("%d events, want 8: %+v", len(all), all)
+	if len(all) != 11 { // 3 registrations with their verification mails, 2 logins, 2 profile updates, 1 deactivation
+		t.Fatalf("%d events, want 11: %+v", len(all), all)
 	}
 	for i := 1; i < len(all); i++ {
 		if all[i].ID >= all[i-1].ID || all[i].CreatedAt.After(all[i-1].CreatedAt) {
@@ -434,12 +440,12 @@ func TestAuditLogEndpoint(t *testing.T) {
 		link := func(page int, rel string) string {
 			return fmt.Sprintf(`</api/admin/audit-log?page=%d&per_page=3>; rel="%s"`, page, rel)
 		}
-		wantLink := strings.Join([]string{link(1, "first"), link(1, "prev"), link(3, "next"), link(3, "last")}, ", ")
-		if r.header.Get("X-Total-Count") != "8" || r.header.Get("Link") != wantLink {
-			t.Errorf("X-Total-Count %q, Link %q; want 8 and %q", r.header.Get("X-Total-Count"), r.header.Get("Link"), wantLink)
+		wantLink := strings.Join([]string{link(1, "first"), link(1, "prev"), link(3, "next"), link(4, "last")}, ", ")
+		if r.header.Get("X-Total-Count") != "11" || r.header.Get("Link") != wantLink {
+			t.Errorf("X-Total-Count %q, Link %q; want 11 and %q", r.header.Get("X-Total-Count"), r.header.Get("Link"), wantLink)
 		}
-		if got, r := env.auditLog(t, rootToken, "page=9&per_page=3"); len(got) != 0 || r.header.Get("X-Total-Count") != "8" {
-			t.Errorf("past the last page: %v, X-Total-Count %q; want none and 8", entryIDs(got), r.header.Get("X-Total-Count"))
+		if got, r := env.auditLog(t, rootToken, "page=9&per_page=3"); len(got) != 0 || r.header.Get("X-Total-Count") != "11" {
+			t.Errorf("past the last page: %v, X-Total-Count %q; want none and 11", entryIDs(got), r.header.Get("X-Total-Count"))
 		}
 	})
 

@@ -250,7 +250,7 @@ func TestResetMailCap(t *testing.T) {
 		if body["message"] != resetRequestReply {
 			t.Errorf("message = %v, want the usual reply", body["message"])
 		}
-		env.mail.wait()
+		env.deliverMail(t)
 		mailed := strings.Count(env.logs.String(), "msg=mail ") > mailsBefore
 		token, sent := body["token"].(string)
 		after := env.resetTokenHash(t, alice.ID)
