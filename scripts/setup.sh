@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Prepares everything usermgmt needs on a Debian/Ubuntu machine and writes .env:
 #   - with DATABASE_URL set (in the environment or .env) it uses that database and installs nothing;
-#   - otherwise it installs PostgreSQL if missing, starts the local cluster, creates the role and
-#     database "usermgmt" (the role may create databases, which the tests need), and writes a
-#     .env with a random password and a random JWT secret.
+#   - otherwise it installs PostgreSQL if missing, starts the local cluster, creates a role named
+#     after the current OS user (it may create databases, which the tests need) and the database
+#     "usermgmt", and writes a .env whose DATABASE_URL connects over the local socket with peer
+#     authentication (no password to store or to get out of step), plus a random JWT secret.
 # Safe to run again: an existing .env is kept; missing keys are added.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 env_file=.env
 db_name=${USERMGMT_DB_NAME:-usermgmt}
-db_role=${USERMGMT_DB_ROLE:-usermgmt}
+db_role=$(id -un)
 
 # Marks a DATABASE_URL this script wrote, so that later runs start the local cluster again.
 managed_marker='# local database managed by scripts/setup.sh'
@@ -63,16 +64,32 @@ start_cluster() {
   echo "$port"
 }
 
-create_role_and_database() { # create_role_and_database PORT PASSWORD
-  local port=$1 password=$2
-  as_postgres psql -p "$port" -v ON_ERROR_STOP=1 -qAt \
-    -v role="$db_role" -v pw="$password" -v db="$db_name" >/dev/null <<'SQL'
+# pick_database PORT: "usermgmt", unless a database of that name belongs to another role (made
+# by someone else on this machine): then one of our own beside it.
+pick_database() {
+  local owner
+  owner=$(as_postgres psql -p "$1" -qAt -v db="$db_name" <<'SQL'
+SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = :'db'
+SQL
+)
+  if [ -n "$owner" ] && [ "$owner" != "$db_role" ]; then
+    db_name="${db_name}_$db_role"
+  fi
+}
+
+create_role_and_database() { # create_role_and_database PORT
+  pick_database "$1"
+  as_postgres psql -p "$1" -v ON_ERROR_STOP=1 -qAt -v role="$db_role" -v db="$db_name" >/dev/null <<'SQL'
 SELECT format('CREATE ROLE %I LOGIN CREATEDB', :'role')
   WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role') \gexec
-SELECT format('ALTER ROLE %I WITH LOGIN CREATEDB PASSWORD %L', :'role', :'pw') \gexec
+SELECT format('ALTER ROLE %I WITH LOGIN CREATEDB', :'role') \gexec
 SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role')
   WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'db') \gexec
 SQL
+}
+
+socket_dir() { # socket_dir PORT: the first directory the cluster puts its socket in
+  as_postgres psql -p "$1" -qAtc 'SHOW unix_socket_directories' | cut -d, -f1 | tr -d ' '
 }
 
 main() {
@@ -85,12 +102,11 @@ main() {
     start_cluster >/dev/null
   else
     install_postgres
-    local port password
+    local port
     port=$(start_cluster)
-    password=$(random_secret 32)
-    create_role_and_database "$port" "$password"
+    create_role_and_database "$port"
     echo "$managed_marker" >>"$env_file"
-    add_env DATABASE_URL "postgres://$db_role:$password@localhost:$port/$db_name?sslmode=disable"
+    add_env DATABASE_URL "postgres:///$db_name?host=$(socket_dir "$port")&port=$port"
     # A local development set-up: reset tokens come back in API replies, no mail server needed.
     add_env MAIL_BACKEND dummy
   fi
