@@ -239,7 +239,8 @@ func formatMessage(from string, msg mailMessage, now time.Time) []byte {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "From: %s\r\nTo: %s\r\nSubject: %s\r\nDate: %s\r\nMessage-ID: <%s@%s>\r\n",
 		from, msg.to, mime.QEncoding.Encode("utf-8", msg.subject), now.Format(time.RFC1123Z), hex.EncodeToString(id), domain)
-	fmt.Fprintf(&b, "MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=%q\r\n\r\n", parts.Boundary())
+	// The boundary goes on a folded line of its own, keeping header lines within 78 characters.
+	fmt.Fprintf(&b, "MIME-Version: 1.0\r\nContent-Type: multipart/alternative;\r\n boundary=%q\r\n\r\n", parts.Boundary())
 	b.Write(body.Bytes())
 	return b.Bytes()
 }

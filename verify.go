@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -86,8 +87,8 @@ func (s *store) verifyEmail(ctx context.Context, token string) error {
 // mailEmailChange, after an update, tells the old address of the change and asks the new one
 // to verify itself (unless an admin marked it verified).
 func (s *store) mailEmailChange(ctx context.Context, tx pgx.Tx, before, after user, verifyTTL time.Duration) error {
-	if before.Email == after.Email {
-		return nil
+	if strings.EqualFold(before.Email, after.Email) {
+		return nil // a change of case only: the same mailbox
 	}
 	d := newMailData(before)
 	d.NewEmail = after.Email
