@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
-	"net/http"
 	"net/url"
 	"strconv"
 	"time"
@@ -95,53 +93,33 @@ func nullTime(t time.Time) *time.Time {
 	return &t
 }
 
-func handleListAudit(st *store, logger *slog.Logger) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		f, err := parseAuditFilter(r.URL.Query())
-		var events []auditEvent
-		var total int
-		if err == nil {
-			events, total, err = st.listAudit(r.Context(), f)
-		}
-		if err != nil {
-			writeError(w, r, logger, err)
-			return
-		}
-		writePage(w, r, f.page, total, events)
-	})
-}
-
 func parseAuditFilter(q url.Values) (auditFilter, error) {
 	f := auditFilter{page: defaultPage}
-	problems := map[string]string{}
-	for name, values := range q {
-		value := values[0]
-		switch {
-		case len(values) > 1:
-			problems[name] = "must be given once"
-		case f.page.parse(problems, name, value):
-		case name == "user_id":
+	err := parseListQuery(q, &f.page, func(name, value string) string {
+		switch name {
+		case "user_id":
 			id, err := strconv.ParseInt(value, 10, 64)
 			f.UserID = id
 			if err != nil || id <= 0 {
-				problems[name] = "must be a positive integer"
+				return "must be a positive integer"
 			}
-		case name == "action":
+		case "action":
 			f.Action = value
-			check(problems, name, textProblem(value))
-		case name == "since", name == "until":
+			return textProblem(value)
+		case "since", "until":
 			t, err := time.Parse(time.RFC3339, value)
-			if err != nil {
-				problems[name] = "must be an RFC 3339 time, e.g. 2026-01-02T15:04:05Z"
-			}
 			if name == "since" {
 				f.Since = t
 			} else {
 				f.Until = t
 			}
+			if err != nil {
+				return "must be an RFC 3339 time, e.g. 2026-01-02T15:04:05Z"
+			}
 		default:
-			problems[name] = "unknown parameter"
+			return "unknown parameter"
 		}
-	}
-	return f, invalidFields(problems)
+		return ""
+	})
+	return f, err
 }

@@ -40,6 +40,6 @@ func addRoutes(mux *http.ServeMux, cfg config, st *store, logger *slog.Logger) {
 	mux.Handle("PATCH /api/users/{id}", authed(handleUpdateUser(cfg, st, logger)))
 	mux.Handle("DELETE /api/users/{id}", admin(handleDeleteUser(st, logger)))
 
-	mux.Handle("GET /api/admin/users", admin(handleListUsers(st, logger)))
-	mux.Handle("GET /api/admin/audit-log", admin(handleListAudit(st, logger)))
+	mux.Handle("GET /api/admin/users", admin(handleList(logger, parseUserFilter, st.listUsers)))
+	mux.Handle("GET /api/admin/audit-log", admin(handleList(logger, parseAuditFilter, st.listAudit)))
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -163,116 +162,38 @@ func removesAdmin(target user, p userPatch) bool {
 		(p.Role != nil && *p.Role != roleAdmin || p.IsActive != nil && !*p.IsActive)
 }
 
-func handleListUsers(st *store, logger *slog.Logger) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		f, err := parseUserFilter(r.URL.Query())
-		var users []user
-		var total int
-		if err == nil {
-			users, total, err = st.listUsers(r.Context(), f)
-		}
-		if err != nil {
-			writeError(w, r, logger, err)
-			return
-		}
-		writePage(w, r, f.page, total, users)
-	})
-}
-
-// parseUserFilter reads the list's query parameters, naming every bad one.
+// parseUserFilter reads the user list's query parameters, naming every bad one.
 func parseUserFilter(q url.Values) (userFilter, error) {
 	f := userFilter{page: defaultPage, Sort: "id"}
-	problems := map[string]string{}
-	for name, values := range q {
-		value := values[0]
-		switch {
-		case len(values) > 1:
-			problems[name] = "must be given once"
-		case f.page.parse(problems, name, value):
-		case name == "q":
+	err := parseListQuery(q, &f.page, func(name, value string) string {
+		switch name {
+		case "q":
 			f.Query = value
 			if len(value) > 254 {
-				problems[name] = "must be at most 254 characters"
+				return "must be at most 254 characters"
 			}
-			check(problems, name, textProblem(value))
-		case name == "role":
+			return textProblem(value)
+		case "role":
 			role, ok := parseRole(value)
 			f.Role = role
 			if !ok {
-				problems[name] = "must be Admin or User"
+				return "must be Admin or User"
 			}
-		case name == "is_active":
+		case "is_active":
 			active, err := strconv.ParseBool(value)
 			f.IsActive = &active
 			if err != nil {
-				problems[name] = "must be true or false"
+				return "must be true or false"
 			}
-		case name == "sort":
+		case "sort":
 			f.Sort = value
 			if _, ok := sortColumns[strings.TrimPrefix(value, "-")]; !ok {
-				problems[name] = "must be one of id, username, email, created_at, optionally prefixed by -"
+				return "must be one of id, username, email, created_at, optionally prefixed by -"
 			}
 		default:
-			problems[name] = "unknown parameter"
+			return "unknown parameter"
 		}
-	}
-	return f, invalidFields(problems)
-}
-
-// page is the pagination of a list: page (from 1) and per_page (1 to 200, default 50).
-type page struct {
-	Page    int
-	PerPage int
-}
-
-var defaultPage = page{Page: 1, PerPage: 50}
-
-const maxPerPage = 200
-
-// parse takes the query parameter name if it is page or per_page, recording a bad value in
-// problems, and reports whether it was one of them.
-func (p *page) parse(problems map[string]string, name, value string) bool {
-	var target *int
-	low, high := 1, 1<<31-1
-	switch name {
-	case "page":
-		target = &p.Page
-	case "per_page":
-		target, high = &p.PerPage, maxPerPage
-	default:
-		return false
-	}
-	n, err := strconv.Atoi(value)
-	if err != nil || n < low || n > high {
-		problems[name] = fmt.Sprintf("must be an integer from %d to %d", low, high)
-	}
-	*target = n
-	return true
-}
-
-// limitOffset is the page's SQL LIMIT and OFFSET (numbers checked by parse).
-func (p page) limitOffset() string {
-	return fmt.Sprintf(" LIMIT %d OFFSET %d", p.PerPage, (p.Page-1)*p.PerPage)
-}
-
-// writePage replies with one page of items, the total count in X-Total-Count and an RFC 8288
-// Link header with the first, prev, next and last pages.
-func writePage(w http.ResponseWriter, r *http.Request, p page, total int, items any) {
-	last := max(1, (total+p.PerPage-1)/p.PerPage)
-	link := func(n int, rel string) string {
-		q := r.URL.Query()
-		q.Set("page", strconv.Itoa(n))
-		q.Set("per_page", strconv.Itoa(p.PerPage))
-		return fmt.Sprintf(`<%s?%s>; rel="%s"`, r.URL.Path, q.Encode(), rel)
-	}
-	links := []string{link(1, "first")}
-	if p.Page > 1 {
-		links = append(links, link(min(p.Page-1, last), "prev"))
-	}
-	if p.Page < last {
-		links = append(links, link(p.Page+1, "next"))
-	}
-	w.Header().Set("X-Total-Count", strconv.Itoa(total))
-	w.Header().Set("Link", strings.Join(append(links, link(last, "last")), ", "))
-	writeJSON(w, http.StatusOK, items)
+		return ""
+	})
+	return f, err
 }
