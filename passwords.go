@@ -1,0 +1,141 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Password resets and changes in the store, and the cap on mail users can ask for.
+
+// Mail a user can have sent by asking (reset, verification) is capped per account, so these
+// endpoints cannot be used to flood a mailbox.
+const (
+	askedMailsPerMinute = 1
+	askedMailsPerHour   = 5
+)
+
+// errMailCapped means the account was sent as many mails of a kind as allowed for now.
+var errMailCapped = errors.New("mail cap reached")
+
+// checkMailCap returns errMailCapped when the user's recent audit rows of action (one per
+// mail sent) reach the cap.
+func (s *store) checkMailCap(ctx context.Context, tx pgx.Tx, userID int64, action string) error {
+	var lastMinute, lastHour int
+	now := s.now()
+	err := tx.QueryRow(ctx, `SELECT count(*) FILTER (WHERE created_at > $4), count(*) FROM audit_log
+		WHERE target_id = $1 AND action = $2 AND created_at > $3`,
+		userID, action, now.Add(-time.Hour), now.Add(-time.Minute)).Scan(&lastMinute, &lastHour)
+	if err != nil {
+		return fmt.Errorf("mail cap: %w", err)
+	}
+	if lastMinute >= askedMailsPerMinute || lastHour >= askedMailsPerHour {
+		return errMailCapped
+	}
+	return nil
+}
+
+// createResetToken replaces any earlier reset token of the active user with this email by a
+// new one and returns it. Only its SHA-256 is stored. errNotFound when there is no such user,
+// errMailCapped when it has had its share of reset mails.
+func (s *store) createResetToken(ctx context.Context, email string, ttl time.Duration) (string, error) {
+	token := randomToken()
+	var u user
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var err error
+		u, err = queryUser(ctx, tx, "SELECT "+userColumns+" FROM users WHERE lower(email) = lower($1) AND is_active FOR UPDATE", email)
+		if err != nil {
+			return err
+		}
+		if err := s.checkMailCap(ctx, tx, u.ID, auditPasswordResetRequest); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, "DELETE FROM password_reset_tokens WHERE user_id = $1", u.ID); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, "INSERT INTO password_reset_tokens (token_hash, user_id, expires_at) VALUES ($1, $2, $3)",
+			hashToken(token), u.ID, s.now().Add(ttl))
+		if err != nil {
+			return err
+		}
+		d := newMailData(u)
+		d.Token, d.Expires = token, humanDuration(ttl)
+		if err := s.enqueueMail(ctx, tx, mailPasswordReset, u.Email, d); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, auditPasswordResetRequest, 0, u.ID, nil)
+	})
+	return token, err
+}
+
+// resetPassword consumes a reset token and sets the password to the hash newHash returns; it
+// is called only for a good token, so bad tokens cost no bcrypt work. A token works once; an
+// unknown or expired one is errInvalid. Every session of the user is revoked.
+func (s *store) resetPassword(ctx context.Context, token string, newHash func() (string, error)) error {
+	invalid := fail(errInvalid, "Invalid or expired reset token")
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var userID int64
+		var expiresAt time.Time
+		err := tx.QueryRow(ctx, "DELETE FROM password_reset_tokens WHERE token_hash = $1 RETURNING user_id, expires_at",
+			hashToken(token)).Scan(&userID, &expiresAt)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return invalid
+		}
+		if err != nil {
+			return fmt.Errorf("consume reset token: %w", err)
+		}
+		if !s.now().Before(expiresAt) {
+			return invalid
+		}
+		passwordHash, err := newHash()
+		if err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, `UPDATE users SET password_hash = $2, token_version = token_version + 1,
+			updated_at = now() WHERE id = $1 AND is_active`, userID, passwordHash)
+		if err != nil {
+			return fmt.Errorf("reset password: %w", err)
+		}
+		if tag.RowsAffected() == 0 {
+			return invalid // the account was deactivated after the token was issued
+		}
+		if err := s.revokeSessions(ctx, tx, userID, 0); err != nil {
+			return err
+		}
+		if err := s.mailPasswordChanged(ctx, tx, userID, "reset"); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, auditPasswordReset, userID, userID, nil)
+	})
+}
+
+// changePassword sets a new password hash and returns the new token version: every earlier
+// access token stops working, and every session but keepSession is revoked.
+func (s *store) changePassword(ctx context.Context, id int64, passwordHash string, keepSession int64) (int64, error) {
+	var version int64
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, `UPDATE users SET password_hash = $2, token_version = token_version + 1,
+			updated_at = now() WHERE id = $1 RETURNING token_version`, id, passwordHash).Scan(&version)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return errNotFound
+		}
+		if err != nil {
+			return err
+		}
+		if err := s.revokeSessions(ctx, tx, id, keepSession); err != nil {
+			return err
+		}
+		// A reset link mailed before the change must not undo it.
+		if _, err := tx.Exec(ctx, "DELETE FROM password_reset_tokens WHERE user_id = $1", id); err != nil {
+			return err
+		}
+		if err := s.mailPasswordChanged(ctx, tx, id, "changed"); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, auditPasswordChanged, id, id, nil)
+	})
+	return version, err
+}
