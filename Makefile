@@ -6,7 +6,7 @@ GO          ?= go
 BIN         := usermgmt
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: run test build lint setup fuzz clean
+.PHONY: run test build lint setup fuzz clean bench
 
 run: setup build
 	./$(BIN)
@@ -32,6 +32,10 @@ fuzz: setup
 		echo "== $$target"; \
 		$(GO) test -run '^$$' -fuzz "^$$target$$" -fuzztime $(FUZZTIME) . || exit 1; \
 	done
+
+# Load tests of issue 5 (BENCH_DURATION=30s make bench for longer runs): see bench/run.sh.
+bench: setup build
+	@GO=$(GO) bench/run.sh
 
 clean:
 	rm -f $(BIN)
