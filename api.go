@@ -50,6 +50,9 @@ var errorStatuses = []struct {
 	{errBusy, http.StatusServiceUnavailable, "Server busy, try again shortly"},
 }
 
+// statusClientClosed records, in the request log, a request its client abandoned.
+const statusClientClosed = 499
+
 // clientError is an error whose message is meant for the client.
 type clientError struct {
 	kind    error
@@ -81,6 +84,12 @@ type errorBody struct {
 // writeError is the one place errors become responses. Anything that is not a known kind is
 // logged and shown as a bare internal error, so database details never reach a client.
 func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err error) {
+	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+		// The client hung up: no one reads the reply, and nothing went wrong on our side.
+		// 499 is the conventional "client closed request" status of the request log.
+		w.WriteHeader(statusClientClosed)
+		return
+	}
 	if isUnavailable(err) {
 		err = fmt.Errorf("%w: %w", errUnavailable, err)
 		logger.WarnContext(r.Context(), "database unavailable", "err", err)

@@ -108,6 +108,7 @@ func handleLogin(cfg config, st *store, pw *hasher, logger *slog.Logger) http.Ha
 		var locked lockedError
 		if errors.As(err, &locked) {
 			w.Header().Set("Retry-After", retryAfterSeconds(locked.until.Sub(st.now())))
+			err = fail(errTooMany, locked.Error())
 		}
 		if err != nil {
 			writeError(w, r, logger, err)

@@ -1,6 +1,7 @@
--- usermgmt schema. Applied at every start under an advisory lock; every statement is
--- re-runnable, and later versions only add (ADD COLUMN IF NOT EXISTS, CREATE ... IF NOT
--- EXISTS), so a database made by an earlier version is brought up to date in place.
+-- usermgmt schema. Applied at start under an advisory lock when its digest differs from the
+-- one recorded in schema_version; every statement is re-runnable, and later versions only add
+-- (ADD COLUMN IF NOT EXISTS, CREATE ... IF NOT EXISTS), so a database made by an earlier
+-- version is brought up to date in place.
 
 -- pg_trgm lets the admin search (ILIKE '%q%') use an index instead of scanning every user.
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
@@ -122,3 +123,10 @@ CREATE TABLE IF NOT EXISTS mail_outbox (
 );
 CREATE INDEX IF NOT EXISTS mail_outbox_due_idx ON mail_outbox (next_attempt_at)
     WHERE sent_at IS NULL AND failed_at IS NULL;
+
+-- The digest of the schema last applied: a start with the same schema.sql runs no DDL.
+CREATE TABLE IF NOT EXISTS schema_version (
+    id         integer     PRIMARY KEY CHECK (id = 1),
+    digest     text        NOT NULL,
+    applied_at timestamptz NOT NULL
+);

@@ -214,7 +214,8 @@ func (s *store) liveSessions(ctx context.Context, userID int64) ([]session, erro
 // the one query behind every authenticated request.
 func (s *store) sessionUser(ctx context.Context, userID, sessionID int64) (user, bool, error) {
 	rows, _ := s.pool.Query(ctx, "SELECT "+userColumns+`, EXISTS (SELECT 1 FROM sessions
-		WHERE id = $2 AND user_id = $1 AND revoked_at IS NULL) AS session_live FROM users WHERE id = $1`, userID, sessionID)
+		WHERE id = $2 AND user_id = $1 AND revoked_at IS NULL AND expires_at > $3) AS session_live
+		FROM users WHERE id = $1`, userID, sessionID, s.now())
 	type row struct {
 		user
 		SessionLive bool `db:"session_live"`

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	_ "embed"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -80,7 +81,7 @@ func openStore(ctx context.Context, databaseURL string, now func() time.Time, wa
 	deadline := time.Now().Add(wait)
 	for {
 		err = s.applySchema(ctx)
-		if err == nil || !isUnavailable(err) || time.Now().After(deadline) {
+		if err == nil || !isUnavailable(err) && !isLockConflict(err) || time.Now().After(deadline) {
 			break
 		}
 		select {
@@ -101,17 +102,43 @@ func openStore(ctx context.Context, databaseURL string, now func() time.Time, wa
 func (s *store) close() { s.pool.Close() }
 
 // applySchema runs schema.sql under an advisory lock so that instances starting together do
-// not race each other's CREATE statements.
+// not race each other's CREATE statements. A database already at this schema (its digest is
+// recorded in schema_version) is left untouched: DDL such as ALTER TABLE takes locks that
+// would stall, or deadlock with, the traffic of instances already running.
 func (s *store) applySchema(ctx context.Context) error {
+	digest := sha256.Sum256([]byte(schemaSQL))
+	version := hex.EncodeToString(digest[:])
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(schemaLockKey)); err != nil {
 			return fmt.Errorf("lock schema: %w", err)
 		}
+		var recorded bool
+		if err := tx.QueryRow(ctx, "SELECT to_regclass('schema_version') IS NOT NULL").Scan(&recorded); err != nil {
+			return fmt.Errorf("read schema version: %w", err)
+		}
+		var current string
+		if recorded {
+			err := tx.QueryRow(ctx, "SELECT digest FROM schema_version").Scan(&current)
+			if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+				return fmt.Errorf("read schema version: %w", err)
+			}
+		}
+		if current == version {
+			return nil
+		}
 		if _, err := tx.Exec(ctx, schemaSQL); err != nil {
 			return fmt.Errorf("apply schema: %w", err)
 		}
-		return nil
+		_, err := tx.Exec(ctx, `INSERT INTO schema_version (id, digest, applied_at) VALUES (1, $1, now())
+			ON CONFLICT (id) DO UPDATE SET digest = $1, applied_at = now()`, version)
+		return err
 	})
+}
+
+// isLockConflict reports a deadlock or lock timeout: worth another try.
+func isLockConflict(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == "40P01" || pgErr.Code == "55P03")
 }
 
 // ping reports whether the database answers.
@@ -454,13 +481,16 @@ func hashToken(token string) []byte {
 }
 
 // deleteExpired removes rows that can no longer matter: spent limits and failure counts,
-// expired reset tokens, and sessions that ended more than a day ago (with their tokens).
+// expired tokens, sessions that ended more than a day ago (with their refresh tokens), and
+// mail sent or given up more than 30 days ago. The audit log is history and stays.
 func (s *store) deleteExpired(ctx context.Context) error {
 	now := s.now()
 	for _, sql := range []string{
 		"DELETE FROM rate_limits WHERE updated_at < $1 - interval '1 hour'",
 		"DELETE FROM login_failures WHERE updated_at < $1 - interval '1 day' AND (locked_until IS NULL OR locked_until < $1)",
 		"DELETE FROM password_reset_tokens WHERE expires_at < $1",
+		"DELETE FROM email_verification_tokens WHERE expires_at < $1",
+		"DELETE FROM mail_outbox WHERE COALESCE(sent_at, failed_at) < $1 - interval '30 days'",
 		"DELETE FROM sessions WHERE COALESCE(revoked_at, expires_at) < $1 - interval '1 day'",
 		"DELETE FROM refresh_tokens WHERE expires_at < $1",
 	} {
