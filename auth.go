@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -420,5 +421,21 @@ func (h *hasher) withSlot(ctx context.Context, work func() error) error {
 		return ctx.Err()
 	}
 	defer func() { <-h.slots }()
-	return work()
+	return inBackground(work)
+}
+
+// inBackground runs work on an OS thread of its own at the lowest CPU priority and waits for
+// it. The kernel then gives the CPU to every other thread first (request handlers, PostgreSQL)
+// and to bcrypt only what they leave: a flood of logins uses the idle CPU without slowing the
+// other requests. The goroutine ends still locked to its thread, so the thread, with its
+// lowered priority, is discarded rather than reused. (run raises GOMAXPROCS by the number of
+// bcrypt slots, so these threads never hold every P.)
+func inBackground(work func() error) error {
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		lowerThreadPriority()
+		done <- work()
+	}()
+	return <-done
 }

@@ -57,6 +57,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		return err
 	}
 	logger := slog.New(slog.NewTextHandler(stdout, nil))
+	// bcrypt runs on threads of its own at low priority (see inBackground); one P more per
+	// bcrypt slot keeps them from ever holding every P that request handlers need.
+	runtime.GOMAXPROCS(runtime.NumCPU() + cfg.bcryptConcurrency)
 	st, err := openStore(ctx, cfg.databaseURL, time.Now, 30*time.Second)
 	if err != nil {
 		return fmt.Errorf("%w (is PostgreSQL running? `make run` starts it)", err)

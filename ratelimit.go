@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Where a request comes from, and the per-address limit on the authentication endpoints.
@@ -132,19 +134,37 @@ func limitAuth(cfg config, st *store, logger *slog.Logger) func(http.Handler) ht
 
 // takeToken takes one token from the named bucket, refilled at perSecond up to burst, and
 // reports whether there was one. One statement, so concurrent requests cannot both take the
-// last token.
+// last token. It commits without waiting for the disk (synchronous_commit off, for this
+// transaction only): a bucket update lost in a crash costs nothing, and the flush would
+// otherwise be the largest part of every limited request. The four statements travel as one
+// batch: one round trip.
 func (s *store) takeToken(ctx context.Context, key string, burst, perSecond float64) (bool, error) {
-	rows, err := s.pool.Query(ctx, `INSERT INTO rate_limits AS b (key, tokens, updated_at) VALUES ($1, $2::float8 - 1, $3)
+	batch := &pgx.Batch{}
+	batch.Queue("BEGIN")
+	batch.Queue("SET LOCAL synchronous_commit = off")
+	batch.Queue(`INSERT INTO rate_limits AS b (key, tokens, updated_at) VALUES ($1, $2::float8 - 1, $3)
 		ON CONFLICT (key) DO UPDATE
-			SET tokens = LEAST($2::float8, b.tokens + extract(epoch FROM $3::timestamptz - b.updated_at)::float8 * $4::float8) - 1, updated_at = $3
-			WHERE LEAST($2::float8, b.tokens + extract(epoch FROM $3::timestamptz - b.updated_at)::float8 * $4::float8) >= 1
-		RETURNING tokens`, key, burst, s.now(), perSecond)
-	if err != nil {
+			SET tokens = LEAST($2::float8, b.tokens + extract(epoch FROM $3::timestamptz - b.updated_at)::float8 * $4::float8) - 1,
+				updated_at = $3
+			WHERE LEAST($2::float8, b.tokens + extract(epoch FROM $3::timestamptz - b.updated_at)::float8 * $4::float8) >= 1`,
+		key, burst, s.now(), perSecond)
+	batch.Queue("COMMIT")
+	results := s.pool.SendBatch(ctx, batch)
+	var taken int64
+	for i := range batch.Len() {
+		tag, err := results.Exec()
+		if err != nil {
+			results.Close()
+			return false, fmt.Errorf("rate limit: %w", err)
+		}
+		if i == 2 {
+			taken = tag.RowsAffected()
+		}
+	}
+	if err := results.Close(); err != nil {
 		return false, fmt.Errorf("rate limit: %w", err)
 	}
-	defer rows.Close()
-	taken := rows.Next()
-	return taken, rows.Err()
+	return taken == 1, nil
 }
 
 // retryAfterSeconds renders a wait as a Retry-After value, rounding up.

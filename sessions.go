@@ -99,51 +99,42 @@ var errRefreshInvalid = fail(errUnauthorized, "Invalid or expired refresh token"
 // of its rotation (concurrent or retried refreshes); later, its reuse means it was stolen: the
 // session is revoked and the event audited.
 func (s *store) refresh(ctx context.Context, token string, refreshTTL, reuseInterval time.Duration) (user, int64, string, error) {
-	var u user
-	var sessionID int64
+	var r refreshRow
 	var reused bool
 	newToken := randomToken()
 	now := s.now()
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		var expiresAt time.Time
-		var rotatedAt *time.Time
-		var userID int64
-		var live bool
-		// FOR UPDATE makes concurrent refreshes of one token take turns.
-		err := tx.QueryRow(ctx, `SELECT t.session_id, t.expires_at, t.rotated_at, s.user_id, s.revoked_at IS NULL
-			FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id
-			WHERE t.token_hash = $1 FOR UPDATE`, hashToken(token)).Scan(&sessionID, &expiresAt, &rotatedAt, &userID, &live)
-		if errors.Is(err, pgx.ErrNoRows) {
+		// One query reads the token, its session and its user; FOR UPDATE makes concurrent
+		// refreshes of one token take turns.
+		rows, _ := tx.Query(ctx, `SELECT t.session_id, t.expires_at AS token_expires_at, t.rotated_at,
+				s.revoked_at IS NULL AS session_live, `+qualifiedUserColumns+`
+			FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id JOIN users u ON u.id = s.user_id
+			WHERE t.token_hash = $1 FOR UPDATE OF t`, hashToken(token))
+		var err error
+		r, err = pgx.CollectOneRow(rows, pgx.RowToStructByName[refreshRow])
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
 			return errRefreshInvalid
-		}
-		if err != nil {
+		case err != nil:
 			return err
-		}
-		if !live || !now.Before(expiresAt) {
+		case !r.SessionLive || !now.Before(r.TokenExpiresAt) || !r.IsActive:
 			return errRefreshInvalid
-		}
-		if rotatedAt != nil && now.Sub(*rotatedAt) > reuseInterval {
+		case r.RotatedAt != nil && now.Sub(*r.RotatedAt) > reuseInterval:
 			reused = true
-			if _, err := s.revokeSession(ctx, tx, userID, sessionID); err != nil {
+			if _, err := s.revokeSession(ctx, tx, r.ID, r.SessionID); err != nil {
 				return err
 			}
-			return s.audit(ctx, tx, auditRefreshTokenReused, 0, userID, map[string]any{"session_id": sessionID})
+			return s.audit(ctx, tx, auditRefreshTokenReused, 0, r.ID, map[string]any{"session_id": r.SessionID})
 		}
-		if u, err = queryUser(ctx, tx, "SELECT "+userColumns+" FROM users WHERE id = $1", userID); err != nil {
-			return err
-		}
-		if !u.IsActive {
-			return errRefreshInvalid
-		}
-		if rotatedAt == nil {
-			if _, err := tx.Exec(ctx, "UPDATE refresh_tokens SET rotated_at = $2 WHERE token_hash = $1", hashToken(token), now); err != nil {
-				return err
-			}
-		}
-		if err := insertRefreshToken(ctx, tx, sessionID, newToken, now.Add(refreshTTL)); err != nil {
-			return err
-		}
-		_, err = tx.Exec(ctx, "UPDATE sessions SET last_used_at = $2, expires_at = $3 WHERE id = $1", sessionID, now, now.Add(refreshTTL))
+		// Rotate (a token rotated within the reuse interval keeps its first rotation time),
+		// issue the successor, and extend the session, in one statement.
+		_, err = tx.Exec(ctx, `WITH rotated AS (
+				UPDATE refresh_tokens SET rotated_at = $2 WHERE token_hash = $1 AND rotated_at IS NULL
+			), issued AS (
+				INSERT INTO refresh_tokens (token_hash, session_id, expires_at) VALUES ($3, $4, $5)
+			)
+			UPDATE sessions SET last_used_at = $2, expires_at = $5 WHERE id = $4`,
+			hashToken(token), now, hashToken(newToken), r.SessionID, now.Add(refreshTTL))
 		return err
 	})
 	if err == nil && reused {
@@ -152,7 +143,17 @@ func (s *store) refresh(ctx context.Context, token string, refreshTTL, reuseInte
 	if err != nil {
 		return user{}, 0, "", err
 	}
-	return u, sessionID, newToken, nil
+	r.CreatedAt, r.UpdatedAt = r.CreatedAt.UTC(), r.UpdatedAt.UTC()
+	return r.user, r.SessionID, newToken, nil
+}
+
+// refreshRow is a refresh token with its session and user.
+type refreshRow struct {
+	user
+	SessionID      int64      `db:"session_id"`
+	TokenExpiresAt time.Time  `db:"token_expires_at"`
+	RotatedAt      *time.Time `db:"rotated_at"`
+	SessionLive    bool       `db:"session_live"`
 }
 
 // revokeSessions revokes every live session of the user except the session except (0: none).

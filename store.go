@@ -60,6 +60,10 @@ const (
 const userColumns = `id, username, first_name, last_name, email, role, is_active, email_verified,
 	created_at, updated_at, password_hash, token_version`
 
+// qualifiedUserColumns are userColumns of a users table aliased u, for joins.
+const qualifiedUserColumns = `u.id, u.username, u.first_name, u.last_name, u.email, u.role, u.is_active,
+	u.email_verified, u.created_at, u.updated_at, u.password_hash, u.token_version`
+
 // openStore connects to PostgreSQL and applies the schema, retrying while the database is
 // still starting (for up to wait).
 func openStore(ctx context.Context, databaseURL string, now func() time.Time, wait time.Duration) (*store, error) {
@@ -399,32 +403,32 @@ func (s *store) listUsers(ctx context.Context, f userFilter) ([]user, int, error
 		direction = " DESC"
 	}
 	// The sort column comes from a fixed map, never from the request text itself.
-	sql := "SELECT " + userColumns + ", count(*) OVER () AS total FROM users" + where +
-		" ORDER BY " + sortColumns[order] + direction + ", id" + direction + f.limitOffset()
-	rows, _ := s.pool.Query(ctx, sql, args...)
-	type row struct {
-		user
-		Total int `db:"total"`
-	}
-	page, err := pgx.CollectRows(rows, pgx.RowToStructByName[row])
+	orderBy := " ORDER BY " + sortColumns[order] + direction + ", id" + direction
+	// A deferred join: the page's ids are found first, from an index and without reading the
+	// rows skipped by OFFSET (for the default order an index-only scan of the primary key),
+	// then only the page's rows are read whole. Plain OFFSET reads every skipped row whole.
+	pageSQL := "SELECT " + listColumns + " FROM users JOIN (SELECT id FROM users" + where + orderBy +
+		f.limitOffset() + ") AS page USING (id)" + orderBy
+	// QueryExecModeExec plans each query with its arguments: a cached generic plan of a search
+	// cannot use the trigram index and scans every user instead.
+	rows, _ := s.pool.Query(ctx, pageSQL, append([]any{pgx.QueryExecModeExec}, args...)...)
+	users, err := pgx.CollectRows(rows, pgx.RowToStructByNameLax[user])
 	if err != nil {
 		return nil, 0, fmt.Errorf("list users: %w", err)
 	}
-	users := make([]user, len(page))
-	for i, r := range page {
-		users[i] = r.user
-		users[i].CreatedAt, users[i].UpdatedAt = r.CreatedAt.UTC(), r.UpdatedAt.UTC()
+	for i := range users {
+		users[i].CreatedAt, users[i].UpdatedAt = users[i].CreatedAt.UTC(), users[i].UpdatedAt.UTC()
 	}
-	if len(page) > 0 {
-		return users, page[0].Total, nil
-	}
-	// Past the last page the window count has no row to ride on: count separately.
 	var total int
-	if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM users"+where, args...).Scan(&total); err != nil {
+	countSQL := "SELECT count(*) FROM users" + where
+	if err := s.pool.QueryRow(ctx, countSQL, append([]any{pgx.QueryExecModeExec}, args...)...).Scan(&total); err != nil {
 		return nil, 0, fmt.Errorf("count users: %w", err)
 	}
 	return users, total, nil
 }
+
+// listColumns are the columns a user list shows: no hash or token version.
+const listColumns = "id, username, first_name, last_name, email, role, is_active, email_verified, created_at, updated_at"
 
 // where builds the WHERE clause of a user list. Only the present filters appear, so PostgreSQL
 // plans each shape on its own (a trigram index scan for a search, the primary key otherwise).

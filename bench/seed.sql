@@ -34,4 +34,4 @@ SELECT sha256(convert_to('bench-refresh-' || row_number() OVER (ORDER BY id), 'U
 FROM s;
 
 -- Fresh statistics and visibility map, as a long-running database would have.
-VACUUM ANALYZE;
+VACUUM ANALYZE users;
