@@ -94,66 +94,74 @@ func (s *store) recordLoginFailure(ctx context.Context, login string, targetID i
 
 var errRefreshInvalid = fail(errUnauthorized, "Invalid or expired refresh token")
 
-// refresh exchanges a refresh token for a new one in the same session and returns the
-// session's user. A token already rotated out is answered the same way within reuseInterval
-// of its rotation (concurrent or retried refreshes); later, its reuse means it was stolen: the
-// session is revoked and the event audited.
-func (s *store) refresh(ctx context.Context, token string, refreshTTL, reuseInterval time.Duration) (user, int64, string, error) {
-	var r refreshRow
-	var reused bool
-	newToken := randomToken()
-	now := s.now()
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		// One query reads the token, its session and its user; FOR UPDATE makes concurrent
-		// refreshes of one token take turns.
-		rows, _ := tx.Query(ctx, `SELECT t.session_id, t.expires_at AS token_expires_at, t.rotated_at,
-				s.revoked_at IS NULL AS session_live, `+qualifiedUserColumns+`
-			FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id JOIN users u ON u.id = s.user_id
-			WHERE t.token_hash = $1 FOR UPDATE OF t`, hashToken(token))
-		var err error
-		r, err = pgx.CollectOneRow(rows, pgx.RowToStructByName[refreshRow])
-		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-			return errRefreshInvalid
-		case err != nil:
-			return err
-		case !r.SessionLive || !now.Before(r.TokenExpiresAt) || !r.IsActive:
-			return errRefreshInvalid
-		case r.RotatedAt != nil && now.Sub(*r.RotatedAt) > reuseInterval:
-			reused = true
-			if _, err := s.revokeSession(ctx, tx, r.ID, r.SessionID); err != nil {
-				return err
-			}
-			return s.audit(ctx, tx, auditRefreshTokenReused, 0, r.ID, map[string]any{"session_id": r.SessionID})
-		}
-		// Rotate (a token rotated within the reuse interval keeps its first rotation time),
-		// issue the successor, and extend the session, in one statement.
-		_, err = tx.Exec(ctx, `WITH rotated AS (
-				UPDATE refresh_tokens SET rotated_at = $2 WHERE token_hash = $1 AND rotated_at IS NULL
-			), issued AS (
-				INSERT INTO refresh_tokens (token_hash, session_id, expires_at) VALUES ($3, $4, $5)
-			)
-			UPDATE sessions SET last_used_at = $2, expires_at = $5 WHERE id = $4`,
-			hashToken(token), now, hashToken(newToken), r.SessionID, now.Add(refreshTTL))
-		return err
-	})
-	if err == nil && reused {
-		err = errRefreshInvalid
-	}
-	if err != nil {
-		return user{}, 0, "", err
-	}
-	r.CreatedAt, r.UpdatedAt = r.CreatedAt.UTC(), r.UpdatedAt.UTC()
-	return r.user, r.SessionID, newToken, nil
-}
+// refreshSQL rotates a refresh token in one statement, so a refresh costs one round trip.
+// It reads the token with its session and user (FOR UPDATE: concurrent refreshes of one token
+// take turns) and, when the token may be used (live session, active user, unexpired, not
+// rotated, or rotated at most $5 seconds ago), marks it rotated (keeping its first rotation time),
+// issues the successor $3 and extends the session. It returns the token's row either way,
+// with issued telling whether the successor was made.
+const refreshSQL = `WITH token AS (
+		SELECT t.token_hash, t.session_id, t.expires_at AS token_expires_at, t.rotated_at,
+			s.revoked_at IS NULL AS session_live, s.user_id
+		FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id
+		WHERE t.token_hash = $1 FOR UPDATE OF t
+	), usable AS (
+		SELECT token.* FROM token JOIN users ON users.id = token.user_id
+		WHERE token.session_live AND users.is_active AND token.token_expires_at > $2
+			AND (token.rotated_at IS NULL OR token.rotated_at >= $2 - $5 * interval '1 second')
+	), rotated AS (
+		UPDATE refresh_tokens t SET rotated_at = $2 FROM usable
+		WHERE t.token_hash = usable.token_hash AND t.rotated_at IS NULL
+	), issued AS (
+		INSERT INTO refresh_tokens (token_hash, session_id, expires_at) SELECT $3, session_id, $4 FROM usable
+	), extended AS (
+		UPDATE sessions s SET last_used_at = $2, expires_at = $4 FROM usable WHERE s.id = usable.session_id
+	)
+	SELECT token.session_id, token.token_expires_at, token.rotated_at, token.session_live,
+		EXISTS (SELECT 1 FROM usable) AS issued, ` + qualifiedUserColumns + `
+	FROM token JOIN users u ON u.id = token.user_id`
 
-// refreshRow is a refresh token with its session and user.
+// refreshRow is a refresh token with its session and user, as refreshSQL returns it.
 type refreshRow struct {
 	user
 	SessionID      int64      `db:"session_id"`
 	TokenExpiresAt time.Time  `db:"token_expires_at"`
 	RotatedAt      *time.Time `db:"rotated_at"`
 	SessionLive    bool       `db:"session_live"`
+	Issued         bool       `db:"issued"`
+}
+
+// refresh exchanges a refresh token for a new one in the same session and returns the
+// session's user. A token already rotated out is answered the same way within reuseInterval
+// of its rotation (concurrent or retried refreshes); later, its reuse means it was stolen: the
+// session is revoked and the event audited.
+func (s *store) refresh(ctx context.Context, token string, refreshTTL, reuseInterval time.Duration) (user, int64, string, error) {
+	newToken := randomToken()
+	now := s.now()
+	rows, _ := s.pool.Query(ctx, refreshSQL, hashToken(token), now, hashToken(newToken), now.Add(refreshTTL),
+		reuseInterval.Seconds())
+	r, err := pgx.CollectOneRow(rows, pgx.RowToStructByName[refreshRow])
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return user{}, 0, "", errRefreshInvalid
+	case err != nil:
+		return user{}, 0, "", fmt.Errorf("refresh: %w", err)
+	case r.Issued:
+		r.CreatedAt, r.UpdatedAt = r.CreatedAt.UTC(), r.UpdatedAt.UTC()
+		return r.user, r.SessionID, newToken, nil
+	case r.SessionLive && r.IsActive && now.Before(r.TokenExpiresAt) && r.RotatedAt != nil:
+		// Rotated out longer ago than the reuse interval: a copy of the token is in other hands.
+		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			if _, err := s.revokeSession(ctx, tx, r.ID, r.SessionID); err != nil {
+				return err
+			}
+			return s.audit(ctx, tx, auditRefreshTokenReused, 0, r.ID, map[string]any{"session_id": r.SessionID})
+		})
+		if err != nil {
+			return user{}, 0, "", fmt.Errorf("revoke reused session: %w", err)
+		}
+	}
+	return user{}, 0, "", errRefreshInvalid
 }
 
 // revokeSessions revokes every live session of the user except the session except (0: none).
