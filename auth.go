@@ -325,6 +325,8 @@ func requireAuth(cfg config, st *store, logger *slog.Logger) func(http.Handler) 
 	}
 }
 
+var errRevokedToken = fail(errUnauthorized, "Invalid or revoked token")
+
 func authenticate(r *http.Request, cfg config, st *store) (principal, error) {
 	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
@@ -334,17 +336,16 @@ func authenticate(r *http.Request, cfg config, st *store) (principal, error) {
 	if errors.Is(err, errTokenExpired) {
 		return principal{}, fail(errUnauthorized, "Token has expired")
 	}
-	revoked := fail(errUnauthorized, "Invalid or revoked token")
 	if err != nil {
-		return principal{}, revoked
+		return principal{}, errRevokedToken
 	}
 	id, err := claims.userID()
 	if err != nil {
-		return principal{}, revoked
+		return principal{}, errRevokedToken
 	}
 	u, sessionLive, err := st.sessionUser(r.Context(), id, claims.Session)
 	if errors.Is(err, errNotFound) {
-		return principal{}, revoked
+		return principal{}, errRevokedToken
 	}
 	if err != nil {
 		return principal{}, err
@@ -352,7 +353,7 @@ func authenticate(r *http.Request, cfg config, st *store) (principal, error) {
 	// These checks are what make logout, password changes, resets, deactivation and role
 	// changes end tokens at the next request, on every instance.
 	if !u.IsActive || !sessionLive || u.TokenVersion != claims.Version {
-		return principal{}, revoked
+		return principal{}, errRevokedToken
 	}
 	return principal{user: u, sessionID: claims.Session}, nil
 }

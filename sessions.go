@@ -222,22 +222,12 @@ func (s *store) liveSessions(ctx context.Context, userID int64) ([]session, erro
 // sessionUser loads the user of an access token together with whether its session is live:
 // the one query behind every authenticated request.
 func (s *store) sessionUser(ctx context.Context, userID, sessionID int64) (user, bool, error) {
-	rows, _ := s.pool.Query(ctx, "SELECT "+userColumns+`, EXISTS (SELECT 1 FROM sessions
-		WHERE id = $2 AND user_id = $1 AND revoked_at IS NULL AND expires_at > $3) AS session_live
-		FROM users WHERE id = $1`, userID, sessionID, s.now())
-	type row struct {
-		user
-		SessionLive bool `db:"session_live"`
-	}
-	r, err := pgx.CollectOneRow(rows, pgx.RowToStructByName[row])
-	if errors.Is(err, pgx.ErrNoRows) {
-		return user{}, false, errNotFound
-	}
-	if err != nil {
-		return user{}, false, fmt.Errorf("authenticate: %w", err)
-	}
-	r.CreatedAt, r.UpdatedAt = r.CreatedAt.UTC(), r.UpdatedAt.UTC()
-	return r.user, r.SessionLive, nil
+	var u user
+	var live bool
+	err := scanUser(s.pool.QueryRow(ctx, "SELECT "+userColumns+`, EXISTS (SELECT 1 FROM sessions
+		WHERE id = $2 AND user_id = $1 AND revoked_at IS NULL AND expires_at > $3)
+		FROM users WHERE id = $1`, userID, sessionID, s.now()), &u, &live)
+	return u, live, err
 }
 
 type refreshRequest struct {

@@ -229,18 +229,28 @@ func (s *store) userByLogin(ctx context.Context, login string) (user, error) {
 }
 
 func queryUser(ctx context.Context, db interface {
-	Query(context.Context, string, ...any) (pgx.Rows, error)
+	QueryRow(context.Context, string, ...any) pgx.Row
 }, sql string, args ...any) (user, error) {
-	rows, _ := db.Query(ctx, sql, args...)
-	u, err := pgx.CollectOneRow(rows, pgx.RowToStructByName[user])
+	var u user
+	err := scanUser(db.QueryRow(ctx, sql, args...), &u)
+	return u, err
+}
+
+// scanUser reads a row that starts with userColumns into u, and the columns after them into
+// extra. A missing row is errNotFound.
+func scanUser(row pgx.Row, u *user, extra ...any) error {
+	// Scanning into fields by hand, rather than by reflection, keeps the per-request
+	// authentication query cheap.
+	err := row.Scan(append([]any{&u.ID, &u.Username, &u.FirstName, &u.LastName, &u.Email, &u.Role, &u.IsActive,
+		&u.EmailVerified, &u.CreatedAt, &u.UpdatedAt, &u.PasswordHash, &u.TokenVersion}, extra...)...)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return u, errNotFound
+		return errNotFound
 	}
 	if err != nil {
-		return u, fmt.Errorf("query user: %w", err)
+		return fmt.Errorf("query user: %w", err)
 	}
 	u.CreatedAt, u.UpdatedAt = u.CreatedAt.UTC(), u.UpdatedAt.UTC()
-	return u, nil
+	return nil
 }
 
 // userPatch is a partial update; nil fields are left alone.
