@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"io"
+	"log/slog"
 	"maps"
 	"os"
 	"path/filepath"
@@ -319,5 +320,18 @@ func TestRunRefusesBadConfiguration(t *testing.T) {
 				t.Errorf("run: %v, want an error mentioning %s", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestPprofOnlyOnLoopback: profiles are never served on an address others can reach.
+func TestPprofOnlyOnLoopback(t *testing.T) {
+	t.Parallel()
+	for _, addr := range []string{"0.0.0.0:6060", ":6060", "192.0.2.1:6060", "localhost6060"} {
+		if err := servePprof(addr, slog.New(slog.NewTextHandler(io.Discard, nil))); err == nil {
+			t.Errorf("-pprof %s accepted, want refused", addr)
+		}
+	}
+	if err := servePprof("127.0.0.1:0", slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+		t.Errorf("-pprof 127.0.0.1:0: %v", err)
 	}
 }

@@ -38,6 +38,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	flags.SetOutput(stdout)
 	envFile := flags.String("env-file", ".env", "read settings from this file; the environment wins (empty: none)")
 	createAdmin := flags.Bool("create-admin", false, "create the first admin account and exit")
+	pprofAddr := flags.String("pprof", "", "serve Go profiles on this loopback address, e.g. 127.0.0.1:6060 (empty: off)")
 	var admin newUser
 	flags.StringVar(&admin.Username, "username", "", "with -create-admin: the admin's username")
 	flags.StringVar(&admin.Email, "email", "", "with -create-admin: the admin's email")
@@ -67,6 +68,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	defer st.close()
 	if *createAdmin {
 		return runCreateAdmin(ctx, cfg, st, admin, stdin, stdout)
+	}
+	if *pprofAddr != "" {
+		if err := servePprof(*pprofAddr, logger); err != nil {
+			return err
+		}
 	}
 	return serve(ctx, cfg, st, logger)
 }
