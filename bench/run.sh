@@ -19,6 +19,8 @@
 #   BENCH_RATE=2000        fixed rate of the /api/users/me latency runs (scenarios 1 and 3), req/s
 #   BENCH_ADMIN_RATE=20    fixed rate of the admin list runs (scenario 5), req/s
 #   BENCH_KEEP_DB=1        keep usermgmt_bench after the run, to look at it
+#   BENCH_PPROF=127.0.0.1:6061  serve the server's profiles there and save an execution trace of
+#                          scenario 3 to bench/out/isolation.trace (go tool trace)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +39,7 @@ seconds() { # seconds 10s|2m|15: the number of seconds, for arithmetic and for t
 }
 
 duration=$(seconds "${BENCH_DURATION:-10s}")
+pprof=${BENCH_PPROF:-}
 warmup=$(seconds "${BENCH_WARMUP:-2s}")
 users=${BENCH_USERS:-100000}
 refresh_tokens=1024 # seeded refresh sessions, shared out between wrk's threads (scenario 4)
@@ -97,7 +100,7 @@ start_server() {
   local log_file=$out/server-$1.log start deadline
   start=$(now_ms)
   env -i PATH="$PATH" DATABASE_URL="$bench_url" JWT_SECRET_KEY="$jwt_secret" BCRYPT_COST=$bcrypt_cost \
-    MAIL_BACKEND=log TRUSTED_PROXIES=127.0.0.1/32 ADDR=127.0.0.1:0 "$bin" -env-file= >"$log_file" 2>&1 &
+    MAIL_BACKEND=log TRUSTED_PROXIES=127.0.0.1/32 ADDR=127.0.0.1:0 "$bin" -env-file= ${pprof:+-pprof "$pprof"} >"$log_file" 2>&1 &
   server_pid=$!
   addr=
   deadline=$((start + 30000))
@@ -283,8 +286,12 @@ wrk "${flood_wrk[@]}" >"$out/wrk-3-flood.txt" 2>&1 &
 flood_pid=$!
 sleep 1 # let the flood fill the cores
 vegeta_run "" "$warmup" "$rate" "$me" "$user_token"
+if [ -n "$pprof" ]; then # an execution trace of the measured part: go tool trace bench/out/isolation.trace
+  curl -fs -o "$out/isolation.trace" "http://$pprof/debug/pprof/trace?seconds=$((duration - 1))" &
+fi
 vegeta_run 3 "$duration" "$rate" "$me" "$user_token"
 wait "$flood_pid" || true
+wait
 flood_pid=
 
 log "4. POST /api/auth/refresh: wrk, $connections connections"
