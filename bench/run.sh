@@ -286,12 +286,14 @@ wrk "${flood_wrk[@]}" >"$out/wrk-3-flood.txt" 2>&1 &
 flood_pid=$!
 sleep 1 # let the flood fill the cores
 vegeta_run "" "$warmup" "$rate" "$me" "$user_token"
+trace_pid=
 if [ -n "$pprof" ]; then # an execution trace of the measured part: go tool trace bench/out/isolation.trace
   curl -fs -o "$out/isolation.trace" "http://$pprof/debug/pprof/trace?seconds=$((duration - 1))" &
+  trace_pid=$!
 fi
 vegeta_run 3 "$duration" "$rate" "$me" "$user_token"
 wait "$flood_pid" || true
-wait
+[ -z "$trace_pid" ] || wait "$trace_pid" || log "no trace: $pprof did not answer"
 flood_pid=
 
 log "4. POST /api/auth/refresh: wrk, $connections connections"
