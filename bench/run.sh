@@ -374,7 +374,7 @@ pg_version=$(psql "$admin_url" -Atc 'SHOW server_version')
   echo "- $("${GO:-go}" version | cut -d' ' -f3-); PostgreSQL $pg_version; wrk $(dpkg-query -W -f='${Version}' wrk);" \
     "vegeta $(cat bench/.bin/vegeta.version)"
   echo "- server: ./usermgmt with its defaults but BCRYPT_COST=$bcrypt_cost, MAIL_BACKEND=log, a random" \
-    "JWT_SECRET_KEY and TRUSTED_PROXIES=127.0.0.1/32; request logging on (to a file); GOMAXPROCS=$cores." \
+    "JWT_SECRET_KEY and TRUSTED_PROXIES=127.0.0.1/32; request logging on (to a file); GOMAXPROCS=$cores + BCRYPT_CONCURRENCY (set by the server)." \
     "The wrk scripts of the authentication endpoints give each request its own X-Forwarded-For" \
     "address, so the per-address rate limit (AUTH_RATE_LIMIT, on) is paid on every request without" \
     "one address's limit throttling the benchmark"
