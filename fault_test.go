@@ -2,32 +2,38 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // tcpProxy stands between the service and PostgreSQL so a test can cut the database off (every
 // connection dropped, new ones refused) and bring it back, as a crash or restart would.
 type tcpProxy struct {
-	target string
-	addr   string
-	mu     sync.Mutex
-	ln     net.Listener
-	conns  []net.Conn
+	network string
+	target  string
+	addr    string
+	mu      sync.Mutex
+	ln      net.Listener
+	conns   []net.Conn
 }
 
-func startProxy(t *testing.T, target string) *tcpProxy {
+func startProxy(t *testing.T, network, target string) *tcpProxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &tcpProxy{target: target, addr: ln.Addr().String()}
+	p := &tcpProxy{network: network, target: target, addr: ln.Addr().String()}
 	p.serve(ln)
 	t.Cleanup(p.stop)
 	return p
@@ -43,7 +49,7 @@ func (p *tcpProxy) serve(ln net.Listener) {
 			if err != nil {
 				return
 			}
-			server, err := net.Dial("tcp", p.target)
+			server, err := net.Dial(p.network, p.target)
 			if err != nil {
 				client.Close()
 				continue
@@ -84,13 +90,29 @@ func (p *tcpProxy) restart(t *testing.T) {
 // proxiedEnv starts a service whose database connections go through a tcpProxy.
 func proxiedEnv(t *testing.T) (*testEnv, *tcpProxy) {
 	t.Helper()
-	direct, err := url.Parse(newTestDatabase(t))
+	databaseURL := newTestDatabase(t)
+	direct, err := pgconn.ParseConfig(databaseURL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	proxy := startProxy(t, direct.Host)
-	proxied := *direct
-	proxied.Host = proxy.addr
+	// The proxy reaches PostgreSQL the way DATABASE_URL does: over TCP, or over the local
+	// socket (where peer authentication sees the test process, as it would have).
+	network, address := "tcp", net.JoinHostPort(direct.Host, strconv.Itoa(int(direct.Port)))
+	if strings.HasPrefix(direct.Host, "/") {
+		network, address = "unix", fmt.Sprintf("%s/.s.PGSQL.%d", direct.Host, direct.Port)
+	}
+	proxy := startProxy(t, network, address)
+	proxied, err := url.Parse(databaseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	query := proxied.Query()
+	query.Del("host")
+	query.Del("port")
+	proxied.Host, proxied.RawQuery = proxy.addr, query.Encode()
+	if proxied.User == nil {
+		proxied.User = url.User(direct.User) // the socket's default user, named for TCP
+	}
 	env := newTestEnv(t, func(c *config) { c.databaseURL = proxied.String() })
 	return env, proxy
 }
