@@ -72,12 +72,17 @@ func (r loginRequest) valid() map[string]string {
 	if r.Username == "" {
 		problems["username"] = "is required"
 	}
+	if len(r.Username) > 254 {
+		problems["username"] = "must be at most 254 characters"
+	}
 	check(problems, "username", textProblem(r.Username))
 	if r.Password == "" {
 		problems["password"] = "is required"
 	}
 	return problems
 }
+
+var errBadCredentials = fail(errUnauthorized, "Invalid credentials")
 
 type tokenResponse struct {
 	AccessToken  string `json:"access_token"`
@@ -139,12 +144,10 @@ func login(ctx context.Context, cfg config, st *store, pw *hasher, req loginRequ
 	if known {
 		key = "user:" + strconv.FormatInt(u.ID, 10)
 	}
-	until, err := st.loginLockedUntil(ctx, key, originOf(ctx).ip)
-	if err != nil {
+	// The attempt is counted as a failure before the password is checked, so that attempts
+	// made in parallel cannot all be checked before the first failure is recorded.
+	if err := st.reserveLoginAttempt(ctx, key, cfg.loginMaxFailures); err != nil {
 		return tokenResponse{}, err
-	}
-	if st.now().Before(until) {
-		return tokenResponse{}, lockedError{until}
 	}
 	// An unknown user still costs one bcrypt comparison, so response times do not tell
 	// which usernames exist.
@@ -152,15 +155,16 @@ func login(ctx context.Context, cfg config, st *store, pw *hasher, req loginRequ
 	if !known {
 		hash = pw.dummy()
 	}
+	// bcrypt reads only 72 bytes; a longer password (registration refuses them) never matches.
 	matches, err := pw.matches(ctx, hash, req.Password)
 	if err != nil {
 		return tokenResponse{}, err
 	}
-	if !matches || !known || !u.IsActive {
-		if err := st.recordLoginFailure(ctx, key, u.ID, cfg.loginMaxFailures); err != nil {
+	if !matches || !known || !u.IsActive || len(req.Password) > 72 {
+		if err := st.auditLoginFailure(ctx, u.ID); err != nil {
 			return tokenResponse{}, err
 		}
-		return tokenResponse{}, fail(errUnauthorized, "Invalid credentials")
+		return tokenResponse{}, errBadCredentials
 	}
 	// Told only to someone who knows the password, so it reveals nothing about who exists.
 	if cfg.requireVerifiedEmail && !u.EmailVerified {
@@ -277,7 +281,7 @@ func handleChangePassword(cfg config, st *store, pw *hasher, logger *slog.Logger
 		}
 		var version int64
 		if err == nil {
-			version, err = st.changePassword(r.Context(), me.ID, hash, sessionID)
+			version, err = st.changePassword(r.Context(), me, hash, sessionID)
 		}
 		if err != nil {
 			writeError(w, r, logger, err)

@@ -43,20 +43,12 @@ func (s *store) checkMailCap(ctx context.Context, tx pgx.Tx, userID int64, actio
 // errMailCapped when it has had its share of reset mails.
 func (s *store) createResetToken(ctx context.Context, email string, ttl time.Duration) (string, error) {
 	token := randomToken()
-	var u user
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		var err error
-		u, err = queryUser(ctx, tx, "SELECT "+userColumns+" FROM users WHERE lower(email) = lower($1) AND is_active FOR UPDATE", email)
-		if err != nil {
-			return err
-		}
-		if err := s.checkMailCap(ctx, tx, u.ID, auditPasswordResetRequest); err != nil {
-			return err
-		}
+	lookup := "SELECT " + userColumns + " FROM users WHERE lower(email) = lower($1) AND is_active FOR UPDATE"
+	err := s.sendAskedMail(ctx, lookup, email, auditPasswordResetRequest, func(tx pgx.Tx, u user) error {
 		if _, err := tx.Exec(ctx, "DELETE FROM password_reset_tokens WHERE user_id = $1", u.ID); err != nil {
 			return err
 		}
-		_, err = tx.Exec(ctx, "INSERT INTO password_reset_tokens (token_hash, user_id, expires_at) VALUES ($1, $2, $3)",
+		_, err := tx.Exec(ctx, "INSERT INTO password_reset_tokens (token_hash, user_id, expires_at) VALUES ($1, $2, $3)",
 			hashToken(token), u.ID, s.now().Add(ttl))
 		if err != nil {
 			return err
@@ -69,6 +61,37 @@ func (s *store) createResetToken(ctx context.Context, email string, ttl time.Dur
 		return s.audit(ctx, tx, auditPasswordResetRequest, 0, u.ID, nil)
 	})
 	return token, err
+}
+
+// auditMailNotSent records a request for a reset or verification mail that sent none (no
+// such account, or the cap reached).
+const auditMailNotSent = "mail_not_sent"
+
+// sendAskedMail runs send, in a transaction, for the user that lookup (a query of userColumns
+// taking the address as $1) finds, unless the user had their share of the mails counted by
+// action. Otherwise it records auditMailNotSent and returns errNotFound or errMailCapped;
+// either way a row is written and committed, so that the reply's timing says little about
+// whether the account exists.
+func (s *store) sendAskedMail(ctx context.Context, lookup, email, action string, send func(pgx.Tx, user) error) error {
+	var notSent error
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		u, err := queryUser(ctx, tx, lookup, email)
+		if err == nil {
+			err = s.checkMailCap(ctx, tx, u.ID, action)
+		}
+		if errors.Is(err, errNotFound) || errors.Is(err, errMailCapped) {
+			notSent = err
+			return s.audit(ctx, tx, auditMailNotSent, 0, u.ID, map[string]any{"for": action})
+		}
+		if err != nil {
+			return err
+		}
+		return send(tx, u)
+	})
+	if err == nil {
+		err = notSent
+	}
+	return err
 }
 
 // resetPassword consumes a reset token and sets the password to the hash newHash returns; it
@@ -112,15 +135,22 @@ func (s *store) resetPassword(ctx context.Context, token string, newHash func() 
 	})
 }
 
-// changePassword sets a new password hash and returns the new token version: every earlier
-// access token stops working, and every session but keepSession is revoked.
-func (s *store) changePassword(ctx context.Context, id int64, passwordHash string, keepSession int64) (int64, error) {
+// changePassword sets a new password hash for the user me, authenticated through session
+// keepSession, and returns the new token version: every earlier access token stops working,
+// and every session but keepSession is revoked. The change applies only if me is still what
+// the request was authenticated as (same token version, active, session live): a reset,
+// deactivation or logout that lands while the new hash is computed wins, and the request
+// gets errRevokedToken.
+func (s *store) changePassword(ctx context.Context, me user, passwordHash string, keepSession int64) (int64, error) {
 	var version int64
+	id := me.ID
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		err := tx.QueryRow(ctx, `UPDATE users SET password_hash = $2, token_version = token_version + 1,
-			updated_at = now() WHERE id = $1 RETURNING token_version`, id, passwordHash).Scan(&version)
+			updated_at = now() WHERE id = $1 AND token_version = $3 AND is_active
+				AND EXISTS (SELECT 1 FROM sessions WHERE id = $4 AND user_id = $1 AND revoked_at IS NULL)
+			RETURNING token_version`, id, passwordHash, me.TokenVersion, keepSession).Scan(&version)
 		if errors.Is(err, pgx.ErrNoRows) {
-			return errNotFound
+			return errRevokedToken
 		}
 		if err != nil {
 			return err

@@ -35,10 +35,7 @@ func originOf(ctx context.Context) origin {
 // walk around the limits.
 func withOrigin(trusted []netip.Prefix, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		o := origin{ip: clientIP(r, trusted), userAgent: r.UserAgent()}
-		if len(o.userAgent) > 512 {
-			o.userAgent = o.userAgent[:512]
-		}
+		o := origin{ip: clientIP(r, trusted), userAgent: storableText(r.UserAgent(), 512)}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), originKey{}, o)))
 	})
 }

@@ -26,14 +26,25 @@ type session struct {
 	Current    bool      `json:"current" db:"-"`
 }
 
-// startSession records a successful login for u, who typed login: it clears the login's
+// startSession records a successful login of u, who typed login: it clears the login's
 // failure count, re-hashes the password when rehash is set, and opens a session with a fresh
-// refresh token, all in one transaction.
+// refresh token, all in one transaction. The user is read again under a lock first: a login
+// whose password was checked against a hash that a concurrent reset or change replaced, or
+// whose account was deactivated meanwhile, gets errBadCredentials rather than a session.
 func (s *store) startSession(ctx context.Context, u user, login, rehash string, refreshTTL time.Duration) (int64, string, error) {
 	var sessionID int64
 	token := randomToken()
 	o, now := originOf(ctx), s.now()
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var current user
+		err := scanUser(tx.QueryRow(ctx, "SELECT "+userColumns+" FROM users WHERE id = $1 FOR UPDATE", u.ID), &current)
+		if errors.Is(err, errNotFound) || err == nil && (current.PasswordHash != u.PasswordHash ||
+			current.TokenVersion != u.TokenVersion || !current.IsActive) {
+			return errBadCredentials
+		}
+		if err != nil {
+			return err
+		}
 		if _, err := tx.Exec(ctx, "DELETE FROM login_failures WHERE login = $1 AND ip = $2", login, o.ip); err != nil {
 			return err
 		}
@@ -42,7 +53,7 @@ func (s *store) startSession(ctx context.Context, u user, login, rehash string, 
 				return err
 			}
 		}
-		err := tx.QueryRow(ctx, `INSERT INTO sessions (user_id, created_at, last_used_at, expires_at, ip, user_agent)
+		err = tx.QueryRow(ctx, `INSERT INTO sessions (user_id, created_at, last_used_at, expires_at, ip, user_agent)
 			VALUES ($1, $2, $2, $3, $4, $5) RETURNING id`, u.ID, now, now.Add(refreshTTL), o.ip, o.userAgent).Scan(&sessionID)
 		if err != nil {
 			return err
@@ -64,30 +75,37 @@ func insertRefreshToken(ctx context.Context, tx pgx.Tx, sessionID int64, token s
 	return err
 }
 
-// loginLockedUntil returns until when logins of login from ip are refused (zero: not locked).
-func (s *store) loginLockedUntil(ctx context.Context, login, ip string) (time.Time, error) {
-	var until *time.Time
-	err := s.pool.QueryRow(ctx, "SELECT locked_until FROM login_failures WHERE login = $1 AND ip = $2", login, ip).Scan(&until)
-	if errors.Is(err, pgx.ErrNoRows) || until == nil {
-		return time.Time{}, nil
+// reserveLoginAttempt counts an attempt to log in as login from the request's address as a
+// failure, before its password is checked (a success then clears the count), and refuses it
+// with a lockedError while the pair is locked. From the maxFailures-th consecutive failure on,
+// the pair is locked for a back-off that doubles from one minute up to fifteen. One
+// statement: attempts made in parallel are counted one by one, and once one of them locks the
+// pair the others are refused.
+func (s *store) reserveLoginAttempt(ctx context.Context, login string, maxFailures int) error {
+	ip, now := originOf(ctx).ip, s.now()
+	tag, err := s.pool.Exec(ctx, `INSERT INTO login_failures AS f (login, ip, failures, locked_until, updated_at)
+		VALUES ($1, $2, 1, CASE WHEN $4::int <= 1 THEN $3::timestamptz + interval '1 minute' END, $3)
+		ON CONFLICT (login, ip) DO UPDATE SET failures = f.failures + 1, updated_at = $3,
+			locked_until = CASE WHEN f.failures + 1 >= $4::int THEN $3::timestamptz +
+				LEAST(interval '1 minute' * power(2, f.failures + 1 - $4::int), interval '15 minutes') END
+		WHERE f.locked_until IS NULL OR f.locked_until <= $3`, login, ip, now, maxFailures)
+	if err != nil {
+		return fmt.Errorf("count login attempt: %w", err)
 	}
-	return *until, err
+	if tag.RowsAffected() == 1 {
+		return nil
+	}
+	var until time.Time
+	if err := s.pool.QueryRow(ctx, "SELECT locked_until FROM login_failures WHERE login = $1 AND ip = $2",
+		login, ip).Scan(&until); err != nil {
+		return fmt.Errorf("read login lock: %w", err)
+	}
+	return lockedError{until}
 }
 
-// recordLoginFailure counts a failed login of login from the request's address; from the
-// maxFailures-th consecutive failure on, the pair is locked for a back-off that doubles from
-// one minute up to fifteen. targetID is the account's id when it exists.
-func (s *store) recordLoginFailure(ctx context.Context, login string, targetID int64, maxFailures int) error {
+// auditLoginFailure records a failed login; targetID is the account's id when it exists.
+func (s *store) auditLoginFailure(ctx context.Context, targetID int64) error {
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, `INSERT INTO login_failures AS f (login, ip, failures, locked_until, updated_at)
-			VALUES ($1, $2, 1, CASE WHEN $4::int <= 1 THEN $3::timestamptz + interval '1 minute' END, $3)
-			ON CONFLICT (login, ip) DO UPDATE SET failures = f.failures + 1, updated_at = $3,
-				locked_until = CASE WHEN f.failures + 1 >= $4::int THEN $3::timestamptz +
-					LEAST(interval '1 minute' * power(2, f.failures + 1 - $4::int), interval '15 minutes') END`,
-			login, originOf(ctx).ip, s.now(), maxFailures)
-		if err != nil {
-			return fmt.Errorf("record login failure: %w", err)
-		}
 		return s.audit(ctx, tx, auditLoginFailed, 0, targetID, nil)
 	})
 }

@@ -132,11 +132,13 @@ func userNotFound(err error) error {
 // another admin. (Whether an admin may demote themself depends on the other admins: see
 // store.updateUser.)
 func authorizeUpdate(actor, target user, p userPatch) error {
-	changesAccess := p.Role != nil && *p.Role != target.Role || p.IsActive != nil && *p.IsActive != target.IsActive ||
-		p.EmailVerified != nil && *p.EmailVerified != target.EmailVerified
+	changesAccess := p.Role != nil && *p.Role != target.Role || p.IsActive != nil && *p.IsActive != target.IsActive
 	switch {
+	case actor.Role != roleAdmin && p.EmailVerified != nil:
+		// Even "unchanged": sent with a new email, it would keep the new address verified.
+		return fail(errForbidden, "Only admins can set email_verified")
 	case actor.ID == target.ID && actor.Role != roleAdmin && changesAccess:
-		return fail(errForbidden, "You cannot change your own role, active state or email verification")
+		return fail(errForbidden, "You cannot change your own role or active state")
 	case actor.ID != target.ID && actor.Role != roleAdmin:
 		return fail(errForbidden, "You may only access your own account")
 	case actor.ID != target.ID && target.Role == roleAdmin:

@@ -68,6 +68,19 @@ func textProblem(s string) string {
 	return ""
 }
 
+// storableText makes client-supplied text fit for a text column: invalid UTF-8 and NUL
+// replaced, and cut to at most limit bytes on a character boundary.
+func storableText(s string, limit int) string {
+	s = strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
+	if len(s) > limit {
+		s = s[:limit]
+		for !utf8.ValidString(s) { // a character cut in two at the end
+			s = s[:len(s)-1]
+		}
+	}
+	return s
+}
+
 func passwordProblem(s string, minLength int) string {
 	if utf8.RuneCountInString(s) < minLength {
 		return fmt.Sprintf("must be at least %d characters", minLength)

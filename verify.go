@@ -40,15 +40,8 @@ func (s *store) queueVerification(ctx context.Context, tx pgx.Tx, u user, ttl ti
 // resendVerification queues a new verification mail for the active, unverified user with this
 // address. errNotFound when there is none, errMailCapped past the cap.
 func (s *store) resendVerification(ctx context.Context, email string, ttl time.Duration) error {
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		u, err := queryUser(ctx, tx, "SELECT "+userColumns+` FROM users
-			WHERE lower(email) = lower($1) AND is_active AND NOT email_verified FOR UPDATE`, email)
-		if err != nil {
-			return err
-		}
-		if err := s.checkMailCap(ctx, tx, u.ID, auditVerificationRequested); err != nil {
-			return err
-		}
+	lookup := "SELECT " + userColumns + " FROM users WHERE lower(email) = lower($1) AND is_active AND NOT email_verified FOR UPDATE"
+	return s.sendAskedMail(ctx, lookup, email, auditVerificationRequested, func(tx pgx.Tx, u user) error {
 		return s.queueVerification(ctx, tx, u, ttl)
 	})
 }
