@@ -80,7 +80,8 @@ type mailData struct {
 	Username string `json:"username"`
 	Email    string `json:"email"`
 	NewEmail string `json:"new_email,omitempty"`
-	Token    string `json:"token,omitempty"`
+	Token    string `json:"-"`                      // sealed into SealedToken while queued
+	Sealed   string `json:"sealed_token,omitempty"` // see seal.go
 	Expires  string `json:"expires,omitempty"`
 	How      string `json:"how,omitempty"`
 	Link     string `json:"-"` // filled in when rendered, from the configured URLs

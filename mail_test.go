@@ -736,8 +736,15 @@ func TestOutboxWorkerLogsFailures(t *testing.T) {
 	}
 	for _, row := range outboxRows(t, env.st) {
 		var d mailData
-		if err := json.Unmarshal([]byte(row.Data), &d); err != nil || d.Token == "" {
-			t.Fatalf("outbox data %q (%v), want a token kept for the retry", row.Data, err)
+		if err := json.Unmarshal([]byte(row.Data), &d); err != nil || d.Sealed == "" {
+			t.Fatalf("outbox data %q (%v), want a sealed token kept for the retry", row.Data, err)
+		}
+		var err error
+		if d.Token, err = env.st.sealer.open(d.Sealed); err != nil {
+			t.Fatalf("opening the sealed token: %v", err)
+		}
+		if strings.Contains(row.Data, d.Token) {
+			t.Errorf("the outbox holds the %s mail's token in clear: %s", row.Kind, row.Data)
 		}
 		if strings.Contains(text, d.Token) {
 			t.Errorf("the log holds the token of the %s mail:\n%s", row.Kind, text)
@@ -755,7 +762,7 @@ func TestOutboxTwoWorkers(t *testing.T) {
 	for i := range messages {
 		env.addUser(t, fmt.Sprintf("user%02d", i), roleUser)
 	}
-	other, err := openStore(context.Background(), env.cfg.databaseURL, env.clock.Now, 5*time.Second)
+	other, err := openStore(context.Background(), env.cfg.databaseURL, env.cfg.keys, env.clock.Now, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -819,7 +826,7 @@ func TestOutboxSurvivesRestart(t *testing.T) {
 		t.Fatal("mail was sent before the restart")
 	}
 
-	st, err := openStore(context.Background(), env.cfg.databaseURL, env.clock.Now, 5*time.Second)
+	st, err := openStore(context.Background(), env.cfg.databaseURL, env.cfg.keys, env.clock.Now, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

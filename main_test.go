@@ -196,7 +196,7 @@ func newTestEnv(t testing.TB, change ...func(*config)) *testEnv {
 		c(&cfg)
 	}
 	clock := &testClock{now: time.Now().UTC().Truncate(time.Second)}
-	st, err := openStore(context.Background(), cfg.databaseURL, clock.Now, 5*time.Second)
+	st, err := openStore(context.Background(), cfg.databaseURL, cfg.keys, clock.Now, 5*time.Second)
 	if err != nil {
 		t.Fatalf("opening store: %v", err)
 	}

@@ -18,6 +18,9 @@ import (
 
 // enqueueMail queues a message of kind to the address inside tx.
 func (s *store) enqueueMail(ctx context.Context, tx pgx.Tx, kind, to string, d mailData) error {
+	if d.Token != "" {
+		d.Sealed = s.sealer.seal(d.Token)
+	}
 	_, err := tx.Exec(ctx, `INSERT INTO mail_outbox (kind, recipient, data, created_at, next_attempt_at)
 		VALUES ($1, $2, $3, $4, $4)`, kind, to, d, s.now())
 	if err != nil {
@@ -59,7 +62,13 @@ func (s *store) deliverNext(ctx context.Context, maxAttempts int, send func(queu
 			return err
 		}
 		found = true
-		sendErr := send(m)
+		var sendErr error
+		if m.Data.Sealed != "" {
+			m.Data.Token, sendErr = s.sealer.open(m.Data.Sealed)
+		}
+		if sendErr == nil {
+			sendErr = send(m)
+		}
 		now, attempts := s.now(), m.Attempts+1
 		switch {
 		case sendErr == nil:

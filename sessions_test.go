@@ -130,7 +130,7 @@ func tokenParts(t testing.TB, token string) (string, tokenClaims) {
 // instance behind a load balancer would be; the returned env shares the rest with e.
 func (e *testEnv) anotherInstance(t testing.TB, cfg config) *testEnv {
 	t.Helper()
-	st, err := openStore(context.Background(), e.cfg.databaseURL, e.clock.Now, 5*time.Second)
+	st, err := openStore(context.Background(), e.cfg.databaseURL, cfg.keys, e.clock.Now, 5*time.Second)
 	if err != nil {
 		t.Fatalf("opening second store: %v", err)
 	}

@@ -32,8 +32,9 @@ const (
 
 // store owns the connection pool and every SQL statement of the service.
 type store struct {
-	pool *pgxpool.Pool
-	now  func() time.Time
+	pool   *pgxpool.Pool
+	now    func() time.Time
+	sealer sealer // for tokens in the mail outbox
 }
 
 // user is a row of the users table. The hash and token version never leave the server.
@@ -66,7 +67,7 @@ const qualifiedUserColumns = `u.id, u.username, u.first_name, u.last_name, u.ema
 
 // openStore connects to PostgreSQL and applies the schema, retrying while the database is
 // still starting (for up to wait).
-func openStore(ctx context.Context, databaseURL string, now func() time.Time, wait time.Duration) (*store, error) {
+func openStore(ctx context.Context, databaseURL string, keys keySet, now func() time.Time, wait time.Duration) (*store, error) {
 	cfg, err := pgxpool.ParseConfig(databaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("parse DATABASE_URL: %w", err)
@@ -81,7 +82,7 @@ func openStore(ctx context.Context, databaseURL string, now func() time.Time, wa
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
-	s := &store{pool: pool, now: now}
+	s := &store{pool: pool, now: now, sealer: newSealer(keys)}
 	deadline := time.Now().Add(wait)
 	for {
 		err = s.applySchema(ctx)

@@ -15,7 +15,7 @@ func TestSchemaAppliedOnceAndUpgraded(t *testing.T) {
 	url := newTestDatabase(t)
 	ctx := context.Background()
 	open := func() *store {
-		st, err := openStore(ctx, url, time.Now, 10*time.Second)
+		st, err := openStore(ctx, url, newKeySet([]byte("store-test-secret-store-test-secret-0123"), nil), time.Now, 10*time.Second)
 		if err != nil {
 			t.Fatalf("opening store: %v", err)
 		}
