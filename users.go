@@ -20,8 +20,8 @@ func handleMe() http.Handler {
 func handleGetUser(st *store, logger *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id, err := targetID(r)
-		var u user
-		if err == nil {
+		u := currentUser(r.Context()) // read already, by requireAuth
+		if err == nil && id != u.ID {
 			u, err = st.userByID(r.Context(), id)
 		}
 		if err != nil {
