@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 )
 
@@ -85,24 +86,28 @@ func secureHeaders(next http.Handler) http.Handler {
 // Allow header) JSON like every other error.
 func jsonMuxErrors(mux *http.ServeMux) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, pattern := mux.Handler(r); pattern != "" {
-			mux.ServeHTTP(w, r)
-			return
-		}
 		mux.ServeHTTP(&muxErrorWriter{ResponseWriter: w}, r)
 	})
 }
 
-// muxErrorWriter replaces the plain-text body of a 404 or 405 by a JSON message.
+// muxErrorWriter replaces the plain-text body of the mux's 404 or 405 by a JSON message. It
+// tells the mux's replies from the handlers' by their Content-Type: http.Error, which the mux
+// uses, sets text/plain, and every handler here writes JSON. (Asking the mux first whether a
+// route matches would route every request twice.)
 type muxErrorWriter struct {
 	http.ResponseWriter
 	replaced bool
 }
 
 func (w *muxErrorWriter) WriteHeader(status int) {
-	messages := map[int]string{http.StatusNotFound: "Not found", http.StatusMethodNotAllowed: "Method not allowed"}
-	text, ok := messages[status]
-	if !ok {
+	var text string
+	switch status {
+	case http.StatusNotFound:
+		text = "Not found"
+	case http.StatusMethodNotAllowed:
+		text = "Method not allowed"
+	}
+	if text == "" || !strings.HasPrefix(w.Header().Get("Content-Type"), "text/plain") {
 		w.ResponseWriter.WriteHeader(status)
 		return
 	}
@@ -116,6 +121,8 @@ func (w *muxErrorWriter) Write(b []byte) (int, error) {
 	}
 	return w.ResponseWriter.Write(b)
 }
+
+func (w *muxErrorWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func handleHealth(st *store) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
