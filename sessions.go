@@ -46,7 +46,7 @@ func (s *store) startSession(ctx context.Context, u user, login, rehash string, 
 			return err
 		}
 		if _, err := tx.Exec(ctx, "DELETE FROM login_failures WHERE login = $1 AND ip = $2", login, o.ip); err != nil {
-			return err
+			return err // the same statement as forgetLoginFailures, inside this transaction
 		}
 		if rehash != "" {
 			if _, err := tx.Exec(ctx, "UPDATE users SET password_hash = $2 WHERE id = $1", u.ID, rehash); err != nil {
@@ -101,6 +101,12 @@ func (s *store) reserveLoginAttempt(ctx context.Context, login string, maxFailur
 		return fmt.Errorf("read login lock: %w", err)
 	}
 	return lockedError{until}
+}
+
+// forgetLoginFailures clears the failure count of login from the request's address.
+func (s *store) forgetLoginFailures(ctx context.Context, login string) error {
+	_, err := s.pool.Exec(ctx, "DELETE FROM login_failures WHERE login = $1 AND ip = $2", login, originOf(ctx).ip)
+	return err
 }
 
 // auditLoginFailure records a failed login; targetID is the account's id when it exists.

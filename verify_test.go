@@ -302,6 +302,11 @@ func TestRequireVerifiedEmail(t *testing.T) {
 			t.Errorf("%s: message %q, want %q", tt.name, r.message(t), tt.message)
 		}
 	}
+	// The right password is no failure: an unverified user trying again is not locked out.
+	for range env.cfg.loginMaxFailures + 1 {
+		env.do(t, "POST", "/api/auth/login", "", map[string]string{"username": "alice", "password": testPassword}).
+			expect(t, http.StatusForbidden)
+	}
 	verifyWith(t, env, aliceToken).expect(t, http.StatusOK)
 	env.login(t, "alice", testPassword)
 }
