@@ -169,7 +169,7 @@ func login(ctx context.Context, cfg config, st *store, pw *hasher, req loginRequ
 	// Told only to someone who knows the password, so it reveals nothing about who exists.
 	// The right password is no failure: it must not count towards a lockout.
 	if cfg.requireVerifiedEmail && !u.EmailVerified {
-		if err := st.forgetLoginFailures(ctx, key); err != nil {
+		if err := forgetLoginFailures(ctx, st.pool, key); err != nil {
 			return tokenResponse{}, err
 		}
 		return tokenResponse{}, fail(errForbidden, "Email address not verified")

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Sessions: one per login, holding rotating refresh tokens; every access token names its
@@ -45,8 +46,8 @@ func (s *store) startSession(ctx context.Context, u user, login, rehash string, 
 		if err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, "DELETE FROM login_failures WHERE login = $1 AND ip = $2", login, o.ip); err != nil {
-			return err // the same statement as forgetLoginFailures, inside this transaction
+		if err := forgetLoginFailures(ctx, tx, login); err != nil {
+			return err
 		}
 		if rehash != "" {
 			if _, err := tx.Exec(ctx, "UPDATE users SET password_hash = $2 WHERE id = $1", u.ID, rehash); err != nil {
@@ -103,9 +104,12 @@ func (s *store) reserveLoginAttempt(ctx context.Context, login string, maxFailur
 	return lockedError{until}
 }
 
-// forgetLoginFailures clears the failure count of login from the request's address.
-func (s *store) forgetLoginFailures(ctx context.Context, login string) error {
-	_, err := s.pool.Exec(ctx, "DELETE FROM login_failures WHERE login = $1 AND ip = $2", login, originOf(ctx).ip)
+// forgetLoginFailures clears the failure count of login from the request's address, through
+// db: the pool, or the transaction of a login.
+func forgetLoginFailures(ctx context.Context, db interface {
+	Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
+}, login string) error {
+	_, err := db.Exec(ctx, "DELETE FROM login_failures WHERE login = $1 AND ip = $2", login, originOf(ctx).ip)
 	return err
 }
 
