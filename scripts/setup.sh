@@ -49,19 +49,25 @@ install_postgres() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-contrib >/dev/null
 }
 
-# start_cluster starts the first local cluster if it is down and prints its port.
+# start_cluster starts the first local cluster if it is down and prints its port: the only thing
+# it writes to stdout, since callers capture it (pg_ctlcluster's own chatter, such as "Removed
+# stale pid file.", goes to stderr).
 start_cluster() {
   local version name port status
   read -r version name port status _ < <(pg_lsclusters -h | head -n 1)
   if [ "$status" != online ]; then
     log "starting PostgreSQL $version/$name"
-    as_root pg_ctlcluster --skip-systemctl-redirect "$version" "$name" start
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" "$name" start >&2
   fi
   for _ in $(seq 50); do
-    as_postgres psql -p "$port" -qAtc 'select 1' >/dev/null 2>&1 && break
+    if as_postgres psql -p "$port" -qAtc 'select 1' >/dev/null 2>&1; then
+      echo "$port"
+      return 0
+    fi
     sleep 0.2
   done
-  echo "$port"
+  log "PostgreSQL $version/$name does not answer on port $port; see pg_lsclusters and its log in /var/log/postgresql"
+  return 1
 }
 
 # pick_database PORT: "usermgmt", unless a database of that name belongs to another role (made
