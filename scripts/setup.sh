@@ -25,7 +25,8 @@ as_root() {
 
 # as_postgres runs a command as the postgres OS user (the cluster's superuser).
 as_postgres() {
-  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi
+  # From /, which postgres can always enter (a clone in a private directory draws a warning).
+  if [ "$(id -u)" -eq 0 ]; then (cd / && runuser -u postgres -- "$@"); else (cd / && sudo -u postgres "$@"); fi
 }
 
 random_secret() { head -c 48 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' | head -c "$1"; }
