@@ -182,7 +182,7 @@ func login(ctx context.Context, cfg config, st *store, pw *hasher, req loginRequ
 			return tokenResponse{}, err
 		}
 	}
-	sessionID, refreshToken, err := st.startSession(ctx, u, key, rehash, cfg.refreshTTL)
+	sessionID, refreshToken, err := st.startSession(ctx, u, key, rehash, min(cfg.refreshTTL, cfg.sessionLifetime))
 	if err != nil {
 		return tokenResponse{}, err
 	}

@@ -42,6 +42,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		{"JWT_SECRET_KEY", string(cfg.keys.current.secret), secret32},
 		{"JWT_SECRET_KEY_PREVIOUS", cfg.keys.previous == nil, true},
 		{"REFRESH_TOKEN_EXPIRES", cfg.refreshTTL, 30 * 24 * time.Hour},
+		{"SESSION_MAX_LIFETIME", cfg.sessionLifetime, 30 * 24 * time.Hour},
 		{"REFRESH_REUSE_INTERVAL", cfg.refreshReuseInterval, 10 * time.Second},
 		{"LOGIN_MAX_FAILURES", cfg.loginMaxFailures, 5},
 		{"AUTH_RATE_LIMIT", cfg.authRateLimit, 30},

@@ -121,7 +121,8 @@ type config struct {
 	databaseURL          string
 	keys                 keySet
 	accessTTL            time.Duration
-	refreshTTL           time.Duration
+	refreshTTL           time.Duration // idle limit of a session: each refresh token's lifetime
+	sessionLifetime      time.Duration // absolute limit: no refresh outlives login by more
 	refreshReuseInterval time.Duration
 	loginMaxFailures     int
 	authRateLimit        int // requests per minute per client address; 0: no limit
@@ -181,6 +182,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		keys:                 newKeySet([]byte(secret), []byte(previous)),
 		accessTTL:            seconds("JWT_ACCESS_TOKEN_EXPIRES", 3600),
 		refreshTTL:           seconds("REFRESH_TOKEN_EXPIRES", 30*24*3600),
+		sessionLifetime:      seconds("SESSION_MAX_LIFETIME", 30*24*3600),
 		refreshReuseInterval: time.Duration(num("REFRESH_REUSE_INTERVAL", 10, 0, 3600)) * time.Second,
 		loginMaxFailures:     num("LOGIN_MAX_FAILURES", 5, 1, 1000),
 		authRateLimit:        num("AUTH_RATE_LIMIT", 30, 0, 1_000_000),

@@ -155,6 +155,7 @@ func testConfig(databaseURL string) config {
 		keys:                 newKeySet([]byte("test-secret-test-secret-test-secret-0123"), nil),
 		accessTTL:            time.Hour,
 		refreshTTL:           30 * 24 * time.Hour,
+		sessionLifetime:      90 * 24 * time.Hour,
 		refreshReuseInterval: 10 * time.Second,
 		loginMaxFailures:     5,
 		authRateLimit:        0, // tests of the limit turn it on

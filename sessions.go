@@ -126,11 +126,13 @@ var errRefreshInvalid = fail(errUnauthorized, "Invalid or expired refresh token"
 // It reads the token with its session and user (FOR UPDATE: concurrent refreshes of one token
 // take turns) and, when the token may be used (live session, active user, unexpired, not
 // rotated, or rotated at most $5 seconds ago), marks it rotated (keeping its first rotation time),
-// issues the successor $3 and extends the session. It returns the token's row either way,
-// with issued telling whether the successor was made.
+// issues the successor $3 and extends the session until $4, but never beyond $6 seconds after
+// its login. It returns the token's row either way, with issued telling whether the successor
+// was made.
 const refreshSQL = `WITH token AS (
 		SELECT t.token_hash, t.session_id, t.expires_at AS token_expires_at, t.rotated_at,
-			s.revoked_at IS NULL AS session_live, s.user_id
+			s.revoked_at IS NULL AS session_live, s.user_id,
+			LEAST($4, s.created_at + $6 * interval '1 second') AS new_expires_at
 		FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id
 		WHERE t.token_hash = $1 FOR UPDATE OF t
 	), usable AS (
@@ -141,9 +143,9 @@ const refreshSQL = `WITH token AS (
 		UPDATE refresh_tokens t SET rotated_at = $2 FROM usable
 		WHERE t.token_hash = usable.token_hash AND t.rotated_at IS NULL
 	), issued AS (
-		INSERT INTO refresh_tokens (token_hash, session_id, expires_at) SELECT $3, session_id, $4 FROM usable
+		INSERT INTO refresh_tokens (token_hash, session_id, expires_at) SELECT $3, session_id, new_expires_at FROM usable
 	), extended AS (
-		UPDATE sessions s SET last_used_at = $2, expires_at = $4 FROM usable WHERE s.id = usable.session_id
+		UPDATE sessions s SET last_used_at = $2, expires_at = new_expires_at FROM usable WHERE s.id = usable.session_id
 	)
 	SELECT token.session_id, token.token_expires_at, token.rotated_at, token.session_live,
 		EXISTS (SELECT 1 FROM usable) AS issued, ` + qualifiedUserColumns + `
@@ -160,14 +162,16 @@ type refreshRow struct {
 }
 
 // refresh exchanges a refresh token for a new one in the same session and returns the
-// session's user. A token already rotated out is answered the same way within reuseInterval
+// session's user. The new token lasts idle, but the session ends lifetime after its login
+// however often it is refreshed, so that a stolen session cannot be kept forever. A token
+// already rotated out is answered the same way within reuseInterval
 // of its rotation (concurrent or retried refreshes); later, its reuse means it was stolen: the
 // session is revoked and the event audited.
-func (s *store) refresh(ctx context.Context, token string, refreshTTL, reuseInterval time.Duration) (user, int64, string, error) {
+func (s *store) refresh(ctx context.Context, token string, idle, lifetime, reuseInterval time.Duration) (user, int64, string, error) {
 	newToken := randomToken()
 	now := s.now()
-	rows, _ := s.pool.Query(ctx, refreshSQL, hashToken(token), now, hashToken(newToken), now.Add(refreshTTL),
-		reuseInterval.Seconds())
+	rows, _ := s.pool.Query(ctx, refreshSQL, hashToken(token), now, hashToken(newToken), now.Add(idle),
+		reuseInterval.Seconds(), lifetime.Seconds())
 	r, err := pgx.CollectOneRow(rows, pgx.RowToStructByName[refreshRow])
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
@@ -272,7 +276,7 @@ func handleRefresh(cfg config, st *store, logger *slog.Logger) http.Handler {
 			writeError(w, r, logger, err)
 			return
 		}
-		u, sessionID, refreshToken, err := st.refresh(r.Context(), req.RefreshToken, cfg.refreshTTL, cfg.refreshReuseInterval)
+		u, sessionID, refreshToken, err := st.refresh(r.Context(), req.RefreshToken, cfg.refreshTTL, cfg.sessionLifetime, cfg.refreshReuseInterval)
 		if err != nil {
 			writeError(w, r, logger, err)
 			return

@@ -266,6 +266,41 @@ func TestRefreshRejects(t *testing.T) {
 	})
 }
 
+// TestSessionLifetimeIsAbsolute checks that refreshing keeps a session alive only until
+// SESSION_MAX_LIFETIME after its login: then its tokens are refused (access tokens too, though
+// they live longer here), and logging in again works.
+func TestSessionLifetimeIsAbsolute(t *testing.T) {
+	limits := func(idle, lifetime time.Duration) func(*config) {
+		return func(c *config) { c.accessTTL, c.refreshTTL, c.sessionLifetime = 7*24*time.Hour, idle, lifetime }
+	}
+	env := newTestEnv(t, limits(24*time.Hour, 72*time.Hour))
+	env.addUser(t, "alice", roleUser)
+	p := env.loginPair(t, "alice")
+	for range 3 { // refreshed every 20 hours: never idle for a day, 60 hours in all
+		env.clock.Advance(20 * time.Hour)
+		p = env.expectLive(t, p)
+	}
+	sessions := env.sessionList(t, p.access)
+	if len(sessions) != 1 || sessions[0]["expires_at"] != env.clock.Now().Add(12*time.Hour).Format(time.RFC3339) {
+		t.Errorf("sessions %v: want one, expiring 72 hours after login", sessions)
+	}
+	env.clock.Advance(12*time.Hour - time.Second)
+	p = env.expectLive(t, p)
+	env.clock.Advance(2 * time.Second)
+	env.expectEnded(t, p)
+	env.expectLive(t, env.loginPair(t, "alice"))
+
+	t.Run("shorter than the idle limit", func(t *testing.T) {
+		env := newTestEnv(t, limits(24*time.Hour, time.Hour))
+		env.addUser(t, "bob", roleUser)
+		p := env.loginPair(t, "bob")
+		env.clock.Advance(time.Hour - time.Second)
+		p = env.expectLive(t, p)
+		env.clock.Advance(2 * time.Second)
+		env.expectEnded(t, p)
+	})
+}
+
 // refreshTogether presents one refresh token in n requests sent at the same moment.
 func refreshTogether(t *testing.T, e *testEnv, token string, n int) []response {
 	t.Helper()
