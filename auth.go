@@ -111,13 +111,8 @@ func handleLogin(cfg config, st *store, pw *hasher, logger *slog.Logger) http.Ha
 			return
 		}
 		resp, err := login(r.Context(), cfg, st, pw, req)
-		var locked lockedError
-		if errors.As(err, &locked) {
-			w.Header().Set("Retry-After", retryAfterSeconds(locked.until.Sub(st.now())))
-			err = fail(errTooMany, locked.Error())
-		}
 		if err != nil {
-			writeError(w, r, logger, err)
+			writeError(w, r, logger, explainLockout(w, st, err))
 			return
 		}
 		writeJSON(w, http.StatusOK, resp)
@@ -129,6 +124,19 @@ type lockedError struct{ until time.Time }
 
 func (lockedError) Error() string { return "Too many failed logins; try again later" }
 func (lockedError) Unwrap() error { return errTooMany }
+
+// explainLockout turns a lockedError into its 429 reply, telling the client when to come back.
+func explainLockout(w http.ResponseWriter, st *store, err error) error {
+	var locked lockedError
+	if errors.As(err, &locked) {
+		w.Header().Set("Retry-After", retryAfterSeconds(locked.until.Sub(st.now())))
+		return fail(errTooMany, locked.Error())
+	}
+	return err
+}
+
+// accountKey names a known account in the lockout, whether it was named by username or email.
+func accountKey(userID int64) string { return "user:" + strconv.FormatInt(userID, 10) }
 
 // login checks the lockout and the credentials, then opens a session. Every failure looks the
 // same to the client.
@@ -142,7 +150,7 @@ func login(ctx context.Context, cfg config, st *store, pw *hasher, req loginRequ
 	// two do not give an attacker two sets of guesses.
 	key := "login:" + strings.ToLower(req.Username)
 	if known {
-		key = "user:" + strconv.FormatInt(u.ID, 10)
+		key = accountKey(u.ID)
 	}
 	// The attempt is counted as a failure before the password is checked, so that attempts
 	// made in parallel cannot all be checked before the first failure is recorded.
@@ -272,12 +280,20 @@ func handleChangePassword(cfg config, st *store, pw *hasher, logger *slog.Logger
 		if err == nil {
 			err = invalidFields(req.valid(cfg.passwordMinLength))
 		}
+		// Checking the current password is a login in all but name: it shares the login's
+		// lockout, so that a stolen access token cannot be used to guess the password.
+		if err == nil {
+			err = st.reserveLoginAttempt(r.Context(), accountKey(me.ID), cfg.loginMaxFailures)
+		}
 		var matches bool
 		if err == nil {
 			matches, err = pw.matches(r.Context(), me.PasswordHash, req.CurrentPassword)
 		}
 		if err == nil && !matches {
 			err = fail(errInvalid, "Current password is incorrect")
+		}
+		if err == nil {
+			err = forgetLoginFailures(r.Context(), st.pool, accountKey(me.ID))
 		}
 		var hash string
 		if err == nil {
@@ -288,7 +304,7 @@ func handleChangePassword(cfg config, st *store, pw *hasher, logger *slog.Logger
 			version, err = st.changePassword(r.Context(), me, hash, sessionID)
 		}
 		if err != nil {
-			writeError(w, r, logger, err)
+			writeError(w, r, logger, explainLockout(w, st, err))
 			return
 		}
 		writeJSON(w, http.StatusOK, struct {

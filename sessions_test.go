@@ -633,6 +633,33 @@ func TestLoginLockoutCoversEmailLogin(t *testing.T) {
 	expectLocked(t, env.loginWith(t, alice.Email, testPassword, nil), time.Minute)
 }
 
+// Guessing the current password through change-password, with a stolen access token, meets
+// the login's lockout: the two share one count per account and address.
+func TestChangePasswordSharesTheLoginLockout(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	env.addUser(t, "alice", roleUser)
+	p := env.loginPair(t, "alice")
+	change := func(current string) response {
+		return env.do(t, "POST", "/api/auth/change-password", p.access,
+			map[string]string{"current_password": current, "new_password": "new-password-456"})
+	}
+	for range env.cfg.loginMaxFailures - 1 {
+		change("wrong-password").expect(t, http.StatusBadRequest)
+	}
+	env.loginWith(t, "alice", "wrong-password", nil).expect(t, http.StatusUnauthorized)
+	expectLocked(t, change(testPassword), time.Minute)
+	expectLocked(t, env.loginWith(t, "alice", testPassword, nil), time.Minute)
+
+	// Once the lock ends, the right password succeeds and clears the count.
+	env.clock.Advance(time.Minute + time.Second)
+	change(testPassword).expect(t, http.StatusOK)
+	for range env.cfg.loginMaxFailures - 1 {
+		env.loginWith(t, "alice", "wrong-password", nil).expect(t, http.StatusUnauthorized)
+	}
+	pairOf(t, env.loginWith(t, "alice", "new-password-456", nil))
+}
+
 func TestLoginRehashesOnCostChange(t *testing.T) {
 	t.Parallel()
 	env := newTestEnv(t)
