@@ -1,0 +1,164 @@
+package main
+
+import (
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Tests of the login lockout (issue 3): its schedule, its keys (account and address, username
+// or email), parallel and cross-instance attempts, and change-password sharing it.
+
+// expectLocked checks that r refuses a locked-out login, asking to wait about lock.
+func expectLocked(t testing.TB, r response, lock time.Duration) {
+	t.Helper()
+	r.expect(t, http.StatusTooManyRequests)
+	want := int(lock.Seconds())
+	got, err := strconv.Atoi(r.header.Get("Retry-After"))
+	if err != nil || got > want || got < want-5 {
+		t.Fatalf("Retry-After %q, want about %d", r.header.Get("Retry-After"), want)
+	}
+}
+
+func TestLoginLockoutSchedule(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	env.addUser(t, "alice", roleUser)
+	wrong := func() response { return env.loginWith(t, "alice", "wrong-password", nil) }
+	right := func() response { return env.loginWith(t, "alice", testPassword, nil) }
+
+	for range env.cfg.loginMaxFailures {
+		wrong().expect(t, http.StatusUnauthorized)
+	}
+	expectLocked(t, right(), time.Minute)
+	expectLocked(t, wrong(), time.Minute)
+	expectLocked(t, env.loginWith(t, "ALICE", testPassword, nil), time.Minute) // logins ignore case
+
+	// Each failure after a lock ends locks again, twice as long, up to 15 minutes.
+	lock := time.Minute
+	for _, next := range []time.Duration{2 * time.Minute, 4 * time.Minute, 8 * time.Minute, 15 * time.Minute, 15 * time.Minute} {
+		env.clock.Advance(lock - time.Second)
+		expectLocked(t, right(), time.Second)
+		env.clock.Advance(2 * time.Second)
+		wrong().expect(t, http.StatusUnauthorized)
+		expectLocked(t, right(), next)
+		lock = next
+	}
+
+	// A success resets the count: four more failures do not lock.
+	env.clock.Advance(lock + time.Second)
+	pairOf(t, right())
+	for range env.cfg.loginMaxFailures - 1 {
+		wrong().expect(t, http.StatusUnauthorized)
+	}
+	pairOf(t, right())
+}
+
+func TestLoginLockoutAcrossInstances(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	env.addUser(t, "alice", roleUser)
+	instances := []*testEnv{env, env.anotherInstance(t, env.cfg)}
+	for i := range env.cfg.loginMaxFailures {
+		instances[i%2].loginWith(t, "alice", "wrong-password", nil).expect(t, http.StatusUnauthorized)
+	}
+	for _, e := range instances {
+		expectLocked(t, e.loginWith(t, "alice", testPassword, nil), time.Minute)
+	}
+	env.clock.Advance(time.Minute + time.Second)
+	pairOf(t, instances[1].loginWith(t, "alice", testPassword, nil))
+}
+
+func TestLoginLockoutKeyedOnLoginAndAddress(t *testing.T) {
+	t.Parallel()
+	from := func(ip string) http.Header { return http.Header{"X-Forwarded-For": {ip}} }
+	cases := []struct {
+		name         string
+		trusted      []netip.Prefix
+		otherAddress int // the status of alice's login from another forwarded address
+	}{
+		{"behind a trusted proxy", []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}, http.StatusOK},
+		{"X-Forwarded-For not trusted", nil, http.StatusTooManyRequests},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			env := newTestEnv(t, func(cfg *config) { cfg.trustedProxies = c.trusted })
+			env.addUser(t, "alice", roleUser)
+			env.addUser(t, "bob", roleUser)
+			for range env.cfg.loginMaxFailures {
+				env.loginWith(t, "alice", "wrong-password", from("203.0.113.1")).expect(t, http.StatusUnauthorized)
+			}
+			expectLocked(t, env.loginWith(t, "alice", testPassword, from("203.0.113.1")), time.Minute)
+			pairOf(t, env.loginWith(t, "bob", testPassword, from("203.0.113.1")))
+			env.loginWith(t, "alice", testPassword, from("198.51.100.7")).expect(t, c.otherAddress)
+			expectLocked(t, env.loginWith(t, "alice", testPassword, from("203.0.113.1")), time.Minute)
+		})
+	}
+}
+
+// The lockout is per account and address: typing the account's email instead of its username
+// must not give an attacker a fresh set of guesses.
+func TestLoginLockoutCoversEmailLogin(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	alice := env.addUser(t, "alice", roleUser)
+	for range env.cfg.loginMaxFailures {
+		env.loginWith(t, "alice", "wrong-password", nil).expect(t, http.StatusUnauthorized)
+	}
+	expectLocked(t, env.loginWith(t, "alice", testPassword, nil), time.Minute)
+	expectLocked(t, env.loginWith(t, alice.Email, testPassword, nil), time.Minute)
+}
+
+// Guessing the current password through change-password, with a stolen access token, meets
+// the login's lockout: the two share one count per account and address.
+func TestChangePasswordSharesTheLoginLockout(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	env.addUser(t, "alice", roleUser)
+	p := env.loginPair(t, "alice")
+	change := func(current string) response {
+		return env.do(t, "POST", "/api/auth/change-password", p.access,
+			map[string]string{"current_password": current, "new_password": "new-password-456"})
+	}
+	for range env.cfg.loginMaxFailures - 1 {
+		change("wrong-password").expect(t, http.StatusBadRequest)
+	}
+	env.loginWith(t, "alice", "wrong-password", nil).expect(t, http.StatusUnauthorized)
+	expectLocked(t, change(testPassword), time.Minute)
+	expectLocked(t, env.loginWith(t, "alice", testPassword, nil), time.Minute)
+
+	// Once the lock ends, the right password succeeds and clears the count.
+	env.clock.Advance(time.Minute + time.Second)
+	change(testPassword).expect(t, http.StatusOK)
+	for range env.cfg.loginMaxFailures - 1 {
+		env.loginWith(t, "alice", "wrong-password", nil).expect(t, http.StatusUnauthorized)
+	}
+	pairOf(t, env.loginWith(t, "alice", "new-password-456", nil))
+}
+
+// TestLoginLockoutHoldsForParallelAttempts: wrong passwords sent all at once cannot all be
+// checked before the first failure is counted; beyond LOGIN_MAX_FAILURES they get 429.
+func TestLoginLockoutHoldsForParallelAttempts(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t, func(c *config) { c.loginMaxFailures = 3 })
+	env.addUser(t, "alice", roleUser)
+	statuses := make([]int, 20)
+	var wg sync.WaitGroup
+	for i := range statuses {
+		wg.Go(func() {
+			statuses[i] = env.do(t, "POST", "/api/auth/login", "", map[string]string{"username": "alice", "password": "wrong-guess"}).status
+		})
+	}
+	wg.Wait()
+	counts := map[int]int{}
+	for _, s := range statuses {
+		counts[s]++
+	}
+	if counts[http.StatusUnauthorized] != 3 || counts[http.StatusTooManyRequests] != 17 {
+		t.Errorf("statuses %v, want exactly 3 checked (401) and 17 refused (429)", counts)
+	}
+}
