@@ -24,6 +24,7 @@ const (
 	auditSessionRevoked       = "session_revoked"
 	auditRefreshTokenReused   = "refresh_token_reused"
 	auditPasswordChanged      = "password_changed"
+	auditPasswordChangeFailed = "password_change_failed"
 	auditPasswordResetRequest = "password_reset_requested"
 	auditPasswordReset        = "password_reset"
 	auditProfileUpdated       = "profile_updated"
@@ -54,6 +55,14 @@ func (s *store) audit(ctx context.Context, tx pgx.Tx, action string, actorID, ta
 		return fmt.Errorf("audit %s: %w", action, err)
 	}
 	return nil
+}
+
+// auditFailure records a failed authentication (a login, a wrong current password), which
+// changes nothing and so has no transaction of its own.
+func (s *store) auditFailure(ctx context.Context, action string, actorID, targetID int64) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		return s.audit(ctx, tx, action, actorID, targetID, nil)
+	})
 }
 
 // auditFilter selects a page of the audit log.

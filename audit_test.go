@@ -177,6 +177,15 @@ func TestAuditRowForEveryAction(t *testing.T) {
 			keep(token)
 			return []auditRow{{auditPasswordChanged, idp(aliceID), idp(aliceID), ip, none}}
 		}},
+		{action: auditPasswordChangeFailed, setup: func(t *testing.T) {
+			alice = env.loginSession(t, "alice", passwords[1])
+			keep(alice.access, alice.refresh)
+		}, act: func(t *testing.T) []auditRow {
+			env.do(t, "POST", "/api/auth/change-password", alice.access, map[string]string{
+				"current_password": "wrong-password", "new_password": passwords[2],
+			}).expect(t, http.StatusBadRequest)
+			return []auditRow{{auditPasswordChangeFailed, idp(aliceID), idp(aliceID), ip, none}}
+		}},
 		{action: auditPasswordResetRequest, act: func(t *testing.T) []auditRow {
 			body := env.do(t, "POST", "/api/auth/password-reset-request", "", map[string]string{"email": "alicia@example.com"}).
 				expect(t, http.StatusOK).json(t)

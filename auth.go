@@ -169,7 +169,7 @@ func login(ctx context.Context, cfg config, st *store, pw *hasher, req loginRequ
 		return tokenResponse{}, err
 	}
 	if !matches || !known || !u.IsActive || len(req.Password) > 72 {
-		if err := st.auditLoginFailure(ctx, u.ID); err != nil {
+		if err := st.auditFailure(ctx, auditLoginFailed, 0, u.ID); err != nil { // u.ID: 0 when unknown
 			return tokenResponse{}, err
 		}
 		return tokenResponse{}, errBadCredentials
@@ -290,7 +290,9 @@ func handleChangePassword(cfg config, st *store, pw *hasher, logger *slog.Logger
 			matches, err = pw.matches(r.Context(), me.PasswordHash, req.CurrentPassword)
 		}
 		if err == nil && !matches {
-			err = fail(errInvalid, "Current password is incorrect")
+			if err = st.auditFailure(r.Context(), auditPasswordChangeFailed, me.ID, me.ID); err == nil {
+				err = fail(errInvalid, "Current password is incorrect")
+			}
 		}
 		if err == nil {
 			err = forgetLoginFailures(r.Context(), st.pool, accountKey(me.ID))

@@ -113,13 +113,6 @@ func forgetLoginFailures(ctx context.Context, db interface {
 	return err
 }
 
-// auditLoginFailure records a failed login; targetID is the account's id when it exists.
-func (s *store) auditLoginFailure(ctx context.Context, targetID int64) error {
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		return s.audit(ctx, tx, auditLoginFailed, 0, targetID, nil)
-	})
-}
-
 var errRefreshInvalid = fail(errUnauthorized, "Invalid or expired refresh token")
 
 // refreshSQL rotates a refresh token in one statement, so a refresh costs one round trip.
