@@ -119,8 +119,9 @@ func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err
 	writeJSON(w, status, body)
 }
 
-// isUnavailable reports whether err means the database cannot be reached right now, as opposed
-// to a bug: such requests get a 503 and may be retried.
+// isUnavailable reports whether err means the database cannot serve the request right now
+// (unreachable, overloaded, or a deadlock lost), as opposed to a bug: such requests get a 503
+// and may be retried.
 func isUnavailable(err error) bool {
 	if errors.Is(err, context.Canceled) {
 		return false
@@ -134,8 +135,10 @@ func isUnavailable(err error) bool {
 		return true
 	case errors.As(err, &pgErr):
 		// Class 08 is connection exceptions; 53300 too many connections; 57P01-57P03 are
-		// shutdowns and "cannot connect now".
-		return strings.HasPrefix(pgErr.Code, "08") || slices.Contains([]string{"53300", "57P01", "57P02", "57P03"}, pgErr.Code)
+		// shutdowns and "cannot connect now". 40001 and 40P01 (serialization failure,
+		// deadlock) undo the transaction and go away when it is tried again.
+		return strings.HasPrefix(pgErr.Code, "08") ||
+			slices.Contains([]string{"53300", "57P01", "57P02", "57P03", "40001", "40P01"}, pgErr.Code)
 	}
 	return false
 }

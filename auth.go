@@ -152,19 +152,19 @@ func login(ctx context.Context, cfg config, st *store, pw *hasher, req loginRequ
 	if known {
 		key = accountKey(u.ID)
 	}
-	// The attempt is counted as a failure before the password is checked, so that attempts
-	// made in parallel cannot all be checked before the first failure is recorded.
-	if err := st.reserveLoginAttempt(ctx, key, cfg.loginMaxFailures); err != nil {
-		return tokenResponse{}, err
-	}
 	// An unknown user still costs one bcrypt comparison, so response times do not tell
 	// which usernames exist.
 	hash := u.PasswordHash
 	if !known {
 		hash = pw.dummy()
 	}
-	// bcrypt reads only 72 bytes; a longer password (registration refuses them) never matches.
-	matches, err := pw.matches(ctx, hash, req.Password)
+	// The attempt is counted as a failure once it has a bcrypt slot, before the password is
+	// checked, so that attempts made in parallel cannot all be checked before the first
+	// failure is recorded. bcrypt reads only 72 bytes; a longer password (registration
+	// refuses them) never matches.
+	matches, err := pw.matches(ctx, hash, req.Password, func() error {
+		return st.reserveLoginAttempt(ctx, key, cfg.loginMaxFailures)
+	})
 	if err != nil {
 		return tokenResponse{}, err
 	}
@@ -282,12 +282,11 @@ func handleChangePassword(cfg config, st *store, pw *hasher, logger *slog.Logger
 		}
 		// Checking the current password is a login in all but name: it shares the login's
 		// lockout, so that a stolen access token cannot be used to guess the password.
-		if err == nil {
-			err = st.reserveLoginAttempt(r.Context(), accountKey(me.ID), cfg.loginMaxFailures)
-		}
 		var matches bool
 		if err == nil {
-			matches, err = pw.matches(r.Context(), me.PasswordHash, req.CurrentPassword)
+			matches, err = pw.matches(r.Context(), me.PasswordHash, req.CurrentPassword, func() error {
+				return st.reserveLoginAttempt(r.Context(), accountKey(me.ID), cfg.loginMaxFailures)
+			})
 		}
 		if err == nil && !matches {
 			if err = st.auditFailure(r.Context(), auditPasswordChangeFailed, me.ID, me.ID); err == nil {
@@ -421,23 +420,28 @@ func newHasher(cost, concurrency int) *hasher {
 
 func (h *hasher) hash(ctx context.Context, password string) (string, error) {
 	var hash []byte
-	err := h.withSlot(ctx, func() (err error) {
+	err := h.withSlot(ctx, nil, func() (err error) {
 		hash, err = bcrypt.GenerateFromPassword([]byte(password), h.cost)
 		return err
 	})
 	return string(hash), err
 }
 
-func (h *hasher) matches(ctx context.Context, hash, password string) (bool, error) {
+// matches compares password with hash. admit runs once a bcrypt slot is held, just before the
+// comparison, and its error ends the call: a login attempt is counted there, so that an attempt
+// turned away as busy (503) never counts towards a lockout.
+func (h *hasher) matches(ctx context.Context, hash, password string, admit func() error) (bool, error) {
 	var ok bool
-	err := h.withSlot(ctx, func() error {
+	err := h.withSlot(ctx, admit, func() error {
 		ok = bcrypt.CompareHashAndPassword([]byte(hash), []byte(password)) == nil
 		return nil
 	})
 	return ok, err
 }
 
-func (h *hasher) withSlot(ctx context.Context, work func() error) error {
+// withSlot runs work in the background once a bcrypt slot is free, and admit (when set) just
+// before it, on the calling goroutine.
+func (h *hasher) withSlot(ctx context.Context, admit, work func() error) error {
 	timer := time.NewTimer(bcryptWait)
 	defer timer.Stop()
 	select {
@@ -448,6 +452,11 @@ func (h *hasher) withSlot(ctx context.Context, work func() error) error {
 		return ctx.Err()
 	}
 	defer func() { <-h.slots }()
+	if admit != nil {
+		if err := admit(); err != nil {
+			return err
+		}
+	}
 	return inBackground(work)
 }
 

@@ -513,6 +513,41 @@ func TestAuthPasswordResetTokenRules(t *testing.T) {
 	})
 }
 
+// TestAuthPasswordResetVoidedByAccountChanges: a reset link stops working once the account
+// moves to another email address (the old mailbox may be why) or is deactivated; other
+// changes leave it alone.
+func TestAuthPasswordResetVoidedByAccountChanges(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	root := env.addUser(t, "root", roleAdmin)
+	alice := env.addUser(t, "alice", roleUser)
+	rootToken := env.tokenFor(t, root)
+	patch := func(body map[string]any) {
+		t.Helper()
+		env.do(t, "PATCH", fmt.Sprintf("/api/users/%d", alice.ID), rootToken, body).expect(t, http.StatusOK)
+	}
+	requestReset := func(email string) string {
+		t.Helper()
+		env.clock.Advance(2 * time.Minute) // past the one-mail-a-minute cap
+		return authResetToken(t, env, email)
+	}
+
+	token := requestReset("alice@example.com")
+	patch(map[string]any{"email": "alice-new@example.com"})
+	authReset(t, env, token, "password-one").expect(t, http.StatusBadRequest)
+
+	token = requestReset("alice-new@example.com")
+	patch(map[string]any{"is_active": false})
+	patch(map[string]any{"is_active": true})
+	authReset(t, env, token, "password-two").expect(t, http.StatusBadRequest)
+	env.login(t, "alice", testPassword)
+
+	token = requestReset("alice-new@example.com")
+	patch(map[string]any{"first_name": "Alicia", "role": "Admin"})
+	authReset(t, env, token, "password-three").expect(t, http.StatusOK)
+	env.login(t, "alice", "password-three")
+}
+
 func TestAuthChangePassword(t *testing.T) {
 	t.Parallel()
 	env := newTestEnv(t)

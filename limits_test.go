@@ -307,7 +307,7 @@ func TestHasherBusy(t *testing.T) {
 	h := newHasher(4, 1)
 	held, release, done := make(chan struct{}), make(chan struct{}), make(chan error)
 	go func() {
-		done <- h.withSlot(context.Background(), func() error {
+		done <- h.withSlot(context.Background(), nil, func() error {
 			close(held)
 			<-release
 			return nil
@@ -319,8 +319,11 @@ func TestHasherBusy(t *testing.T) {
 	if !errors.Is(err, errBusy) {
 		t.Fatalf("hash with the only slot held: err = %v, want errBusy", err)
 	}
-	if _, err := h.matches(context.Background(), "$2a$04$", testPassword); !errors.Is(err, errBusy) {
-		t.Fatalf("matches with the only slot held: err = %v, want errBusy", err)
+	// A login turned away as busy is not admitted: it does not count towards a lockout.
+	admitted := 0
+	admit := func() error { admitted++; return nil }
+	if _, err := h.matches(context.Background(), "$2a$04$", testPassword, admit); !errors.Is(err, errBusy) || admitted != 0 {
+		t.Fatalf("matches with the only slot held: err = %v, admitted %d times; want errBusy, never admitted", err, admitted)
 	}
 	w := httptest.NewRecorder()
 	writeError(w, httptest.NewRequest("POST", "/api/auth/login", nil), slog.New(slog.NewTextHandler(io.Discard, nil)), err)
@@ -342,8 +345,12 @@ func TestHasherBusy(t *testing.T) {
 	if err != nil {
 		t.Fatalf("hash once the slot is free: %v", err)
 	}
-	if ok, err := h.matches(context.Background(), hash, testPassword); !ok || err != nil {
-		t.Errorf("matches = %v, %v, want true", ok, err)
+	if ok, err := h.matches(context.Background(), hash, testPassword, admit); !ok || err != nil || admitted != 1 {
+		t.Errorf("matches = %v, %v, admitted %d times; want true, admitted once", ok, err, admitted)
+	}
+	refused := errors.New("locked out")
+	if ok, err := h.matches(context.Background(), hash, testPassword, func() error { return refused }); ok || err != refused {
+		t.Errorf("matches refused by admit = %v, %v; want false and admit's error", ok, err)
 	}
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"net/http"
 	"net/netip"
 	"strconv"
@@ -160,5 +161,50 @@ func TestLoginLockoutHoldsForParallelAttempts(t *testing.T) {
 	}
 	if counts[http.StatusUnauthorized] != 3 || counts[http.StatusTooManyRequests] != 17 {
 		t.Errorf("statuses %v, want exactly 3 checked (401) and 17 refused (429)", counts)
+	}
+}
+
+// TestLoginLockoutBackOffStaysBounded: however long the failures go on, the back-off stays at
+// 15 minutes (its arithmetic must not overflow), and the right password still gets in.
+func TestLoginLockoutBackOffStaysBounded(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	env.addUser(t, "alice", roleUser)
+	for range env.cfg.loginMaxFailures + 60 {
+		env.loginWith(t, "alice", "wrong-password", nil).expect(t, http.StatusUnauthorized)
+		env.clock.Advance(15*time.Minute + time.Second)
+	}
+	env.loginWith(t, "alice", "wrong-password", nil).expect(t, http.StatusUnauthorized)
+	expectLocked(t, env.loginWith(t, "alice", testPassword, nil), 15*time.Minute)
+	env.clock.Advance(15*time.Minute + time.Second)
+	pairOf(t, env.loginWith(t, "alice", testPassword, nil))
+}
+
+// TestLoginLockoutRacesItsLifting: wrong passwords sent while a right one lifts the lock get
+// 401 or 429, never an error, whatever the interleaving.
+func TestLoginLockoutRacesItsLifting(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t, func(c *config) { c.loginMaxFailures = 1 })
+	env.addUser(t, "alice", roleUser)
+	for round := range 200 {
+		statuses := make(chan int, 7)
+		var wg sync.WaitGroup
+		wg.Go(func() { statuses <- env.loginWith(t, "alice", testPassword, nil).status })
+		for range 6 {
+			wg.Go(func() {
+				time.Sleep(time.Duration(round%5) * 300 * time.Microsecond) // vary the interleaving
+				statuses <- env.loginWith(t, "alice", "wrong-password", nil).status
+			})
+		}
+		wg.Wait()
+		close(statuses)
+		for status := range statuses {
+			if status != http.StatusOK && status != http.StatusUnauthorized && status != http.StatusTooManyRequests {
+				t.Fatalf("round %d: a login got %d", round, status)
+			}
+		}
+		if _, err := env.st.pool.Exec(context.Background(), "DELETE FROM login_failures"); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -79,13 +79,22 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 
 // serve listens on cfg.addr, serves until ctx is done, then drains in-flight requests.
 func serve(ctx context.Context, cfg config, st *store, logger *slog.Logger) error {
+	// Listening first makes a taken port fail at once, with a clear error.
+	ln, err := net.Listen("tcp", cfg.addr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
 	if cfg.mail.backend == mailDummy {
 		logger.Warn("MAIL_BACKEND=dummy: password reset tokens are returned in API responses; never use this in production")
 	}
-	go sweepExpired(ctx, st, logger)
+	background, stopBackground := context.WithCancel(ctx)
+	go sweepExpired(background, st, logger)
 	outboxDone := make(chan struct{})
-	go func() { runOutbox(ctx, cfg.mail, st, logger); close(outboxDone) }()
-	defer func() { <-outboxDone }() // a message being sent is finished before exit
+	go func() { runOutbox(background, cfg.mail, st, logger); close(outboxDone) }()
+	defer func() {
+		stopBackground()
+		<-outboxDone // a message being sent is finished before exit
+	}()
 	srv := &http.Server{
 		Handler:           newServer(cfg, st, logger),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -93,11 +102,6 @@ func serve(ctx context.Context, cfg config, st *store, logger *slog.Logger) erro
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-	}
-	// Listening before serving makes a taken port fail at once, with a clear error.
-	ln, err := net.Listen("tcp", cfg.addr)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
 	}
 	logger.Info("listening", "addr", ln.Addr().String())
 	serveErr := make(chan error, 1)

@@ -94,29 +94,28 @@ func (s *store) sendAskedMail(ctx context.Context, lookup, email, action string,
 	return err
 }
 
-// resetPassword consumes a reset token and sets the password to the hash newHash returns; it
-// is called only for a good token, so bad tokens cost no bcrypt work. A token works once; an
-// unknown or expired one is errInvalid. Every session of the user is revoked.
+// resetPassword consumes a reset token and sets the password to the hash newHash returns.
+// newHash runs only for a good token, so bad tokens cost no bcrypt work, and before the
+// transaction, so no lock is held while it runs. A token works once; an unknown or expired
+// one is errInvalid. Every session of the user is revoked.
 func (s *store) resetPassword(ctx context.Context, token string, newHash func() (string, error)) error {
 	invalid := fail(errInvalid, "Invalid or expired reset token")
+	var userID int64
+	err := s.pool.QueryRow(ctx, "SELECT user_id FROM password_reset_tokens WHERE token_hash = $1 AND expires_at > $2",
+		hashToken(token), s.now()).Scan(&userID)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return invalid
+	}
+	if err != nil {
+		return fmt.Errorf("look up reset token: %w", err)
+	}
+	passwordHash, err := newHash()
+	if err != nil {
+		return err
+	}
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		var userID int64
-		var expiresAt time.Time
-		err := tx.QueryRow(ctx, "DELETE FROM password_reset_tokens WHERE token_hash = $1 RETURNING user_id, expires_at",
-			hashToken(token)).Scan(&userID, &expiresAt)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return invalid
-		}
-		if err != nil {
-			return fmt.Errorf("consume reset token: %w", err)
-		}
-		if !s.now().Before(expiresAt) {
-			return invalid
-		}
-		passwordHash, err := newHash()
-		if err != nil {
-			return err
-		}
+		// The user row is locked before the token, in the order of every other transaction
+		// that writes both (a reset request, a password or email change), so none deadlock.
 		tag, err := tx.Exec(ctx, `UPDATE users SET password_hash = $2, token_version = token_version + 1,
 			updated_at = now() WHERE id = $1 AND is_active`, userID, passwordHash)
 		if err != nil {
@@ -124,6 +123,16 @@ func (s *store) resetPassword(ctx context.Context, token string, newHash func() 
 		}
 		if tag.RowsAffected() == 0 {
 			return invalid // the account was deactivated after the token was issued
+		}
+		// Consumed now; a concurrent use of the same token, or a change that voided it since
+		// it was looked up, leaves nothing to delete, and the whole reset is undone.
+		tag, err = tx.Exec(ctx, "DELETE FROM password_reset_tokens WHERE token_hash = $1 AND user_id = $2 AND expires_at > $3",
+			hashToken(token), userID, s.now())
+		if err != nil {
+			return fmt.Errorf("consume reset token: %w", err)
+		}
+		if tag.RowsAffected() == 0 {
+			return invalid
 		}
 		if err := s.revokeSessions(ctx, tx, userID, 0); err != nil {
 			return err

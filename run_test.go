@@ -123,6 +123,33 @@ func TestRunEndToEnd(t *testing.T) {
 // TestSIGTERMDrainsInFlightRequests builds the binary, starts it, begins a request whose body
 // is still arriving, sends SIGTERM, then finishes the body: the request must still be answered
 // and the process must exit cleanly.
+// TestRunFailsOnATakenPort: a taken address ends run at once with an error naming it, rather
+// than leaving a process that serves nothing.
+func TestRunFailsOnATakenPort(t *testing.T) {
+	t.Parallel()
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	env := runEnv(t)
+	env["ADDR"] = taken.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	result := make(chan error, 1)
+	go func() {
+		result <- run(ctx, []string{"usermgmt", "-env-file="}, func(k string) string { return env[k] }, strings.NewReader(""), &syncBuffer{})
+	}()
+	select {
+	case err := <-result:
+		if err == nil || !strings.Contains(err.Error(), "address already in use") {
+			t.Errorf("run on a taken port returned %v, want an error saying the address is in use", err)
+		}
+	case <-time.After(20 * time.Second): // generous for a loaded machine; it takes milliseconds
+		t.Fatal("run still running on a taken port")
+	}
+}
+
 func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 	t.Parallel()
 	bin := filepath.Join(t.TempDir(), "usermgmt")

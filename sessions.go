@@ -30,8 +30,10 @@ type session struct {
 // startSession records a successful login of u, who typed login: it clears the login's
 // failure count, re-hashes the password when rehash is set, and opens a session with a fresh
 // refresh token, all in one transaction. The user is read again under a lock first: a login
-// whose password was checked against a hash that a concurrent reset or change replaced, or
-// whose account was deactivated meanwhile, gets errBadCredentials rather than a session.
+// whose password was checked against a hash that a concurrent reset or change replaced (both
+// bump the token version), or whose account was deactivated meanwhile, gets errBadCredentials
+// rather than a session. A re-hash by a concurrent login of the same user changes the hash but
+// not the password, and spoils nothing: only the hash that was checked is replaced.
 func (s *store) startSession(ctx context.Context, u user, login, rehash string, refreshTTL time.Duration) (int64, string, error) {
 	var sessionID int64
 	token := randomToken()
@@ -39,8 +41,7 @@ func (s *store) startSession(ctx context.Context, u user, login, rehash string, 
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var current user
 		err := scanUser(tx.QueryRow(ctx, "SELECT "+userColumns+" FROM users WHERE id = $1 FOR UPDATE", u.ID), &current)
-		if errors.Is(err, errNotFound) || err == nil && (current.PasswordHash != u.PasswordHash ||
-			current.TokenVersion != u.TokenVersion || !current.IsActive) {
+		if errors.Is(err, errNotFound) || err == nil && (current.TokenVersion != u.TokenVersion || !current.IsActive) {
 			return errBadCredentials
 		}
 		if err != nil {
@@ -50,7 +51,8 @@ func (s *store) startSession(ctx context.Context, u user, login, rehash string, 
 			return err
 		}
 		if rehash != "" {
-			if _, err := tx.Exec(ctx, "UPDATE users SET password_hash = $2 WHERE id = $1", u.ID, rehash); err != nil {
+			if _, err := tx.Exec(ctx, "UPDATE users SET password_hash = $2 WHERE id = $1 AND password_hash = $3",
+				u.ID, rehash, u.PasswordHash); err != nil {
 				return err
 			}
 		}
@@ -79,29 +81,47 @@ func insertRefreshToken(ctx context.Context, tx pgx.Tx, sessionID int64, token s
 // reserveLoginAttempt counts an attempt to log in as login from the request's address as a
 // failure, before its password is checked (a success then clears the count), and refuses it
 // with a lockedError while the pair is locked. From the maxFailures-th consecutive failure on,
-// the pair is locked for a back-off that doubles from one minute up to fifteen. One
-// statement: attempts made in parallel are counted one by one, and once one of them locks the
-// pair the others are refused.
+// the pair is locked for a back-off that doubles from one minute up to fifteen. Counting is
+// one statement: attempts made in parallel are counted one by one, and once one of them locks
+// the pair the others are refused.
 func (s *store) reserveLoginAttempt(ctx context.Context, login string, maxFailures int) error {
+	for {
+		counted, lockedUntil, err := s.countLoginAttempt(ctx, login, maxFailures)
+		switch {
+		case err != nil:
+			return err
+		case counted:
+			return nil
+		case lockedUntil.After(s.now()):
+			return lockedError{lockedUntil}
+		}
+		// A successful login lifted the lock, or it ran out, between the two statements of
+		// countLoginAttempt: count the attempt afresh.
+	}
+}
+
+// countLoginAttempt counts an attempt unless the pair is locked, and then returns the lock's
+// end (zero if it was lifted meanwhile).
+func (s *store) countLoginAttempt(ctx context.Context, login string, maxFailures int) (counted bool, lockedUntil time.Time, err error) {
 	ip, now := originOf(ctx).ip, s.now()
 	tag, err := s.pool.Exec(ctx, `INSERT INTO login_failures AS f (login, ip, failures, locked_until, updated_at)
 		VALUES ($1, $2, 1, CASE WHEN $4::int <= 1 THEN $3::timestamptz + interval '1 minute' END, $3)
 		ON CONFLICT (login, ip) DO UPDATE SET failures = f.failures + 1, updated_at = $3,
 			locked_until = CASE WHEN f.failures + 1 >= $4::int THEN $3::timestamptz +
-				LEAST(interval '1 minute' * power(2, f.failures + 1 - $4::int), interval '15 minutes') END
+				interval '1 minute' * LEAST(power(2, LEAST(f.failures + 1 - $4::int, 4)), 15) END
 		WHERE f.locked_until IS NULL OR f.locked_until <= $3`, login, ip, now, maxFailures)
 	if err != nil {
-		return fmt.Errorf("count login attempt: %w", err)
+		return false, time.Time{}, fmt.Errorf("count login attempt: %w", err)
 	}
 	if tag.RowsAffected() == 1 {
-		return nil
+		return true, time.Time{}, nil
 	}
-	var until time.Time
-	if err := s.pool.QueryRow(ctx, "SELECT locked_until FROM login_failures WHERE login = $1 AND ip = $2",
-		login, ip).Scan(&until); err != nil {
-		return fmt.Errorf("read login lock: %w", err)
+	err = s.pool.QueryRow(ctx, "SELECT locked_until FROM login_failures WHERE login = $1 AND ip = $2 AND locked_until IS NOT NULL",
+		login, ip).Scan(&lockedUntil)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return false, time.Time{}, fmt.Errorf("read login lock: %w", err)
 	}
-	return lockedError{until}
+	return false, lockedUntil, nil
 }
 
 // forgetLoginFailures clears the failure count of login from the request's address, through

@@ -562,6 +562,29 @@ func TestLoginRehashesOnCostChange(t *testing.T) {
 	}
 }
 
+// TestConcurrentLoginsDuringRehash: two right logins at once, while the stored hash is
+// re-hashed at a new cost, both get a session (a re-hash changes no password).
+func TestConcurrentLoginsDuringRehash(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t, func(c *config) { c.bcryptCost = 5 })
+	for i := range 10 {
+		u := env.addUser(t, fmt.Sprintf("user%d", i), roleUser)
+		if _, err := env.st.pool.Exec(context.Background(), "UPDATE users SET password_hash = $2 WHERE id = $1",
+			u.ID, mustHash(t, testPassword)); err != nil { // cost 4
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for range 2 {
+			wg.Go(func() {
+				if r := env.loginWith(t, u.Username, testPassword, nil); r.status != http.StatusOK {
+					t.Errorf("%s: %d %s", u.Username, r.status, r.body)
+				}
+			})
+		}
+		wg.Wait()
+	}
+}
+
 func TestKeyRotation(t *testing.T) {
 	t.Parallel()
 	env := newTestEnv(t)

@@ -300,13 +300,32 @@ func (s *store) updateUser(ctx context.Context, actor user, id int64, p userPatc
 		if err := s.mailEmailChange(ctx, tx, target, updated, verifyTTL); err != nil {
 			return err
 		}
+		if err := s.voidCredentials(ctx, tx, target, updated); err != nil {
+			return err
+		}
 		return s.auditUpdate(ctx, tx, actor, target, updated)
 	})
 	return updated, err
 }
 
-// auditUpdate records what an update changed, and revokes the sessions of a user whose role
-// or active state changed.
+// voidCredentials ends what an update made stale: the sessions of a user whose role or active
+// state changed, and the pending reset token of one who was deactivated or given a new email
+// address (a link mailed to the old address, perhaps a lost mailbox, must not work).
+func (s *store) voidCredentials(ctx context.Context, tx pgx.Tx, before, after user) error {
+	if before.Role != after.Role || before.IsActive != after.IsActive {
+		if err := s.revokeSessions(ctx, tx, after.ID, 0); err != nil {
+			return err
+		}
+	}
+	if !strings.EqualFold(before.Email, after.Email) || !after.IsActive {
+		if _, err := tx.Exec(ctx, "DELETE FROM password_reset_tokens WHERE user_id = $1", after.ID); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// auditUpdate records what an update changed.
 func (s *store) auditUpdate(ctx context.Context, tx pgx.Tx, actor, before, after user) error {
 	var fields []string
 	for _, f := range []struct {
@@ -334,12 +353,7 @@ func (s *store) auditUpdate(ctx context.Context, tx pgx.Tx, actor, before, after
 		}
 	}
 	if before.IsActive != after.IsActive {
-		if err := s.audit(ctx, tx, auditActivationChanged, actor.ID, after.ID, map[string]any{"is_active": after.IsActive}); err != nil {
-			return err
-		}
-	}
-	if before.Role != after.Role || before.IsActive != after.IsActive {
-		return s.revokeSessions(ctx, tx, after.ID, 0)
+		return s.audit(ctx, tx, auditActivationChanged, actor.ID, after.ID, map[string]any{"is_active": after.IsActive})
 	}
 	return nil
 }
@@ -354,6 +368,12 @@ func (s *store) deleteUser(ctx context.Context, actor user, id int64) error {
 			if err := ensureAnotherAdmin(ctx, tx, target.ID); err != nil {
 				return err
 			}
+		}
+		// Refresh tokens go first, then (by cascade) the sessions: the order in which a refresh
+		// locks them, so that a refresh racing the deletion waits rather than deadlocks.
+		if _, err := tx.Exec(ctx, `DELETE FROM refresh_tokens
+			WHERE session_id IN (SELECT id FROM sessions WHERE user_id = $1)`, id); err != nil {
+			return err
 		}
 		if _, err := tx.Exec(ctx, "DELETE FROM users WHERE id = $1", id); err != nil {
 			return err
@@ -506,8 +526,10 @@ func (s *store) deleteExpired(ctx context.Context) error {
 		"DELETE FROM password_reset_tokens WHERE expires_at < $1",
 		"DELETE FROM email_verification_tokens WHERE expires_at < $1",
 		"DELETE FROM mail_outbox WHERE COALESCE(sent_at, failed_at) < $1 - interval '30 days'",
+		// Refresh tokens before their sessions, the order in which a refresh locks them.
+		`DELETE FROM refresh_tokens WHERE expires_at < $1 OR session_id IN
+			(SELECT id FROM sessions WHERE COALESCE(revoked_at, expires_at) < $1 - interval '1 day')`,
 		"DELETE FROM sessions WHERE COALESCE(revoked_at, expires_at) < $1 - interval '1 day'",
-		"DELETE FROM refresh_tokens WHERE expires_at < $1",
 	} {
 		if _, err := s.pool.Exec(ctx, sql, now); err != nil {
 			return fmt.Errorf("delete expired: %w", err)

@@ -1,0 +1,117 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Requests whose transactions lock the same rows, racing each other: each must lock them in
+// the one order the store uses (a user, then their reset tokens; refresh tokens, then their
+// session), or PostgreSQL breaks a deadlock by failing one of them.
+
+// expectNoDeadlock fails the test if a reply is a 5xx or the log records a deadlock.
+func expectNoDeadlock(t *testing.T, env *testEnv, replies map[string]response) {
+	t.Helper()
+	for name, r := range replies {
+		if r.status >= 500 {
+			t.Errorf("%s: %d %s", name, r.status, r.body)
+		}
+	}
+	if logs := env.logs.String(); strings.Contains(logs, "40P01") {
+		t.Fatalf("the log records a deadlock:\n%s", logs)
+	}
+}
+
+// TestResetRacesOtherPasswordWrites: a reset computes its hash (cost 11 here, a tenth of a
+// second or more) while a new reset request or a password change for the same user comes in.
+// Either may win; neither may fail with a deadlock.
+func TestResetRacesOtherPasswordWrites(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t, func(c *config) { c.bcryptCost = 11 })
+	alice := env.addUser(t, "alice", roleUser)
+	cases := []struct {
+		name      string
+		other     func(access string) response
+		passwords []string // one of these is alice's password afterwards
+	}{
+		{"reset request", func(string) response {
+			return env.do(t, "POST", "/api/auth/password-reset-request", "", map[string]string{"email": "alice@example.com"})
+		}, []string{"new-password-1", testPassword}},
+		{"change password", func(access string) response {
+			return env.do(t, "POST", "/api/auth/change-password", access,
+				map[string]string{"current_password": testPassword, "new_password": "new-password-2"})
+		}, []string{"new-password-1", "new-password-2"}},
+	}
+	for _, c := range cases {
+		if _, err := env.st.pool.Exec(context.Background(), "UPDATE users SET password_hash = $2 WHERE id = $1",
+			alice.ID, mustHash(t, testPassword)); err != nil {
+			t.Fatal(err)
+		}
+		access := env.tokenFor(t, usersReload(t, env, alice))
+		env.clock.Advance(2 * time.Minute) // past the one-mail-a-minute cap
+		token := authResetToken(t, env, "alice@example.com")
+		env.clock.Advance(2 * time.Minute)
+		var reset, other response
+		var wg sync.WaitGroup
+		wg.Go(func() { reset = authReset(t, env, token, "new-password-1") })
+		wg.Go(func() {
+			time.Sleep(30 * time.Millisecond) // while the reset computes its hash
+			other = c.other(access)
+		})
+		wg.Wait()
+		expectNoDeadlock(t, env, map[string]response{"reset": reset, c.name: other})
+		loggedIn := false
+		for _, password := range c.passwords {
+			r := env.do(t, "POST", "/api/auth/login", "", map[string]string{"username": "alice", "password": password})
+			loggedIn = loggedIn || r.status == http.StatusOK
+		}
+		if !loggedIn {
+			t.Errorf("after a reset and a %s at once, none of %q logs in", c.name, c.passwords)
+		}
+	}
+}
+
+// TestRefreshRacesDeletion: refreshes of a user's sessions racing an admin deleting the user.
+func TestRefreshRacesDeletion(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	adminToken := env.tokenFor(t, env.addUser(t, "root", roleAdmin))
+	for i := range 40 {
+		u := env.addUser(t, fmt.Sprintf("user%d", i), roleUser)
+		var tokens []string
+		for range 4 {
+			_, token, err := env.st.startSession(context.Background(), u, u.Username, "", env.cfg.refreshTTL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tokens = append(tokens, token)
+		}
+		replies := map[string]response{}
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for j, token := range tokens {
+			wg.Go(func() {
+				r := env.refresh(t, token)
+				mu.Lock()
+				replies[fmt.Sprint("refresh ", j)] = r
+				mu.Unlock()
+			})
+		}
+		wg.Go(func() {
+			r := env.do(t, "DELETE", fmt.Sprintf("/api/users/%d", u.ID), adminToken, nil)
+			mu.Lock()
+			replies["delete"] = r
+			mu.Unlock()
+		})
+		wg.Wait()
+		expectNoDeadlock(t, env, replies)
+		if replies["delete"].status != http.StatusOK {
+			t.Fatalf("delete: %d %s", replies["delete"].status, replies["delete"].body)
+		}
+	}
+}
