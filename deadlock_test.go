@@ -11,8 +11,8 @@ import (
 )
 
 // Requests whose transactions lock the same rows, racing each other: each must lock them in
-// the one order the store uses (a user, then their reset tokens; refresh tokens, then their
-// session), or PostgreSQL breaks a deadlock by failing one of them.
+// the one order the store uses (a user, then their reset or verification tokens; refresh
+// tokens, then their session), or PostgreSQL breaks a deadlock by failing one of them.
 
 // expectNoDeadlock fails the test if a reply is a 5xx or the log records a deadlock.
 func expectNoDeadlock(t *testing.T, env *testEnv, replies map[string]response) {
@@ -113,5 +113,27 @@ func TestRefreshRacesDeletion(t *testing.T) {
 		if replies["delete"].status != http.StatusOK {
 			t.Fatalf("delete: %d %s", replies["delete"].status, replies["delete"].body)
 		}
+	}
+}
+
+// TestVerifyRacesResend: a verification racing a request for a new verification mail.
+func TestVerifyRacesResend(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	for i := range 30 {
+		email := fmt.Sprintf("user%d@example.com", i)
+		env.do(t, "POST", "/api/auth/register", "", map[string]string{
+			"username": fmt.Sprintf("user%d", i), "first_name": "F", "last_name": "L", "email": email, "password": testPassword,
+		}).expect(t, http.StatusCreated)
+		token := verificationToken(t, env, email)
+		env.clock.Advance(time.Minute + time.Second) // past the one-mail-a-minute cap
+		var verify, resend response
+		var wg sync.WaitGroup
+		wg.Go(func() { verify = verifyWith(t, env, token) })
+		wg.Go(func() {
+			resend = env.do(t, "POST", "/api/auth/resend-verification", "", map[string]string{"email": email})
+		})
+		wg.Wait()
+		expectNoDeadlock(t, env, map[string]response{"verify": verify, "resend": resend})
 	}
 }

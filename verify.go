@@ -50,21 +50,18 @@ func (s *store) resendVerification(ctx context.Context, email string, ttl time.D
 // once, and only while the account still has the address it was sent to; otherwise errInvalid.
 func (s *store) verifyEmail(ctx context.Context, token string) error {
 	invalid := fail(errInvalid, "Invalid or expired verification token")
+	var userID int64
+	var email string
+	err := s.pool.QueryRow(ctx, "SELECT user_id, email FROM email_verification_tokens WHERE token_hash = $1 AND expires_at > $2",
+		hashToken(token), s.now()).Scan(&userID, &email)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return invalid
+	}
+	if err != nil {
+		return fmt.Errorf("look up verification token: %w", err)
+	}
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		var userID int64
-		var email string
-		var expiresAt time.Time
-		err := tx.QueryRow(ctx, `DELETE FROM email_verification_tokens WHERE token_hash = $1
-			RETURNING user_id, email, expires_at`, hashToken(token)).Scan(&userID, &email, &expiresAt)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return invalid
-		}
-		if err != nil {
-			return fmt.Errorf("consume verification token: %w", err)
-		}
-		if !s.now().Before(expiresAt) {
-			return invalid
-		}
+		// The user row before the token, the order of every transaction that writes both.
 		tag, err := tx.Exec(ctx, `UPDATE users SET email_verified = true, updated_at = now()
 			WHERE id = $1 AND lower(email) = lower($2)`, userID, email)
 		if err != nil {
@@ -72,6 +69,16 @@ func (s *store) verifyEmail(ctx context.Context, token string) error {
 		}
 		if tag.RowsAffected() == 0 {
 			return invalid // the address changed after the token was mailed
+		}
+		// Consumed now; a concurrent use, or a newer token that replaced it, leaves nothing
+		// to delete, and the verification is undone.
+		tag, err = tx.Exec(ctx, "DELETE FROM email_verification_tokens WHERE token_hash = $1 AND user_id = $2 AND expires_at > $3",
+			hashToken(token), userID, s.now())
+		if err != nil {
+			return fmt.Errorf("consume verification token: %w", err)
+		}
+		if tag.RowsAffected() == 0 {
+			return invalid
 		}
 		return s.audit(ctx, tx, auditEmailVerified, userID, userID, map[string]any{"email": email})
 	})
