@@ -187,7 +187,10 @@ func sendSMTP(ctx context.Context, cfg mailConfig, msg mailMessage) error {
 	if err := w.Close(); err != nil {
 		return fmt.Errorf("smtp end of data: %w", err)
 	}
-	return c.Quit()
+	// The server has taken the message: an error saying goodbye must not make the outbox
+	// send it again.
+	_ = c.Quit()
+	return nil
 }
 
 // deadlineConn bounds every read and write by perOp, and all of them together by end, so a

@@ -312,6 +312,9 @@ func TestSendSMTP(t *testing.T) {
 		{name: "recipient refused", refuse: map[string]string{"RCPT": "550 5.1.1 no such user"}, wantErr: "550"},
 		{name: "data refused", refuse: map[string]string{"DATA": "554 5.5.1 no valid recipients"}, wantErr: "554"},
 		{name: "message refused at the end of data", refuse: map[string]string{"DOT": "452 4.3.1 out of storage"}, wantErr: "452"},
+		// Taken at the end of data, the message is delivered: a failed goodbye must not make
+		// the outbox send it again.
+		{name: "goodbye refused after delivery", refuse: map[string]string{"QUIT": "421 4.4.2 closing"}, wantCmd: "QUIT", delivered: 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
