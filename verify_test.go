@@ -274,6 +274,33 @@ func TestEmailChange(t *testing.T) {
 	})
 }
 
+// TestEmailChangeCapped: a user changing their own address back and forth cannot flood a
+// mailbox. Past the hourly cap of verification mails the change is refused with 429; a change
+// of letter case (no mail) and an admin's change are not capped.
+func TestEmailChangeCapped(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t, func(c *config) { c.accessTTL = 2 * time.Hour })
+	mallory := env.addUser(t, "mallory", roleUser) // its registration mail is the first of the hour
+	token, adminToken := env.tokenFor(t, mallory), env.tokenFor(t, env.addUser(t, "root", roleAdmin))
+	change := func(token, email string) response {
+		t.Helper()
+		return env.do(t, "PATCH", fmt.Sprintf("/api/users/%d", mallory.ID), token, map[string]any{"email": email})
+	}
+	for i := range emailChangeCap.perHour - 1 {
+		change(token, fmt.Sprintf("m%d@example.com", i)).expect(t, http.StatusOK)
+	}
+	if msg := change(token, "victim@example.org").expect(t, http.StatusTooManyRequests).message(t); msg != "Too many email changes; try again later" {
+		t.Errorf("message %q", msg)
+	}
+	change(token, "M3@EXAMPLE.COM").expect(t, http.StatusOK)
+	change(adminToken, "mallory@example.net").expect(t, http.StatusOK)
+	env.clock.Advance(time.Hour + time.Second)
+	change(token, "victim@example.org").expect(t, http.StatusOK)
+	if n := len(mailsOf(env.deliverMail(t), mailVerifyEmail, "victim@example.org")); n != 1 {
+		t.Errorf("%d verification mails to victim@example.org, want 1", n)
+	}
+}
+
 func TestRequireVerifiedEmail(t *testing.T) {
 	t.Parallel()
 	env := newTestEnv(t, func(c *config) { c.requireVerifiedEmail = true })
