@@ -69,9 +69,9 @@ rm -f "$out"/*
 
 # The database of .env (or the environment), as scripts/setup.sh wrote it; the bench database
 # sits next to it, reached by the same role, which may CREATE DATABASE.
-admin_url=${DATABASE_URL:-$(sed -n 's/^DATABASE_URL=//p' .env 2>/dev/null | tail -n 1)}
-admin_url=${admin_url#[\"\']}
-admin_url=${admin_url%[\"\']}
+# shellcheck source=scripts/envfile.sh
+. scripts/envfile.sh
+admin_url=${DATABASE_URL:-$(env_value DATABASE_URL)}
 [[ $admin_url == postgres://* || $admin_url == postgresql://* ]] ||
   die "DATABASE_URL must be a postgres:// URL (run \`make setup\`)"
 url_base=${admin_url%%\?*}

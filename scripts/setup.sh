@@ -31,11 +31,8 @@ as_postgres() {
 
 random_secret() { head -c 48 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' | head -c "$1"; }
 
-env_value() { # env_value KEY: the value of KEY in .env, empty when absent, read as the server reads it
-  [ -f "$env_file" ] || return 0
-  sed -nE "s/^[[:space:]]*(export[[:space:]]+)?$1[[:space:]]*=[[:space:]]*//p" "$env_file" | tail -n 1 |
-    sed -E "s/[[:space:]]+\$//; s/^\"(.*)\"\$/\1/; s/^'(.*)'\$/\1/"
-}
+# shellcheck source=scripts/envfile.sh
+. scripts/envfile.sh # env_value
 
 add_env() { # add_env KEY VALUE: appends KEY=VALUE to .env unless KEY is already there
   if [ -z "$(env_value "$1")" ]; then
