@@ -33,9 +33,9 @@ func runCreateAdmin(ctx context.Context, cfg config, st *store, admin newUser, s
 	for _, step := range steps {
 		switch {
 		case step.value == nil:
-			password, err = p.password()
+			password, err = p.ask(ctx, p.password)
 		case *step.value == "":
-			*step.value, err = p.line(step.label)
+			*step.value, err = p.ask(ctx, func() (string, error) { return p.line(step.label) })
 		}
 		if err != nil {
 			return fmt.Errorf("create admin: reading %s: %w", strings.ToLower(step.label), err)
@@ -75,15 +75,42 @@ func describeProblems(problems map[string]string) string {
 type prompter struct {
 	in       *bufio.Reader
 	out      io.Writer
-	terminal int // the terminal's file descriptor, or -1
+	terminal int         // the terminal's file descriptor, or -1
+	state    *term.State // the terminal's settings before any prompt
 }
 
 func newPrompter(stdin io.Reader, stdout io.Writer) *prompter {
 	p := &prompter{in: bufio.NewReader(stdin), out: stdout, terminal: -1}
 	if f, ok := stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		p.terminal = int(f.Fd())
+		p.state, _ = term.GetState(p.terminal)
 	}
 	return p
+}
+
+// ask runs read but gives up when ctx is done (Ctrl-C at a prompt): a read blocked on a
+// terminal cannot be interrupted, so it is left behind, and the terminal gets its settings
+// back (echo, if a password prompt had turned it off) before the program exits.
+func (p *prompter) ask(ctx context.Context, read func() (string, error)) (string, error) {
+	type answer struct {
+		value string
+		err   error
+	}
+	answered := make(chan answer, 1)
+	go func() {
+		value, err := read()
+		answered <- answer{value, err}
+	}()
+	select {
+	case a := <-answered:
+		return a.value, a.err
+	case <-ctx.Done():
+		if p.state != nil {
+			_ = term.Restore(p.terminal, p.state)
+			fmt.Fprintln(p.out)
+		}
+		return "", ctx.Err()
+	}
 }
 
 func (p *prompter) line(label string) (string, error) {

@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Tests of `usermgmt -create-admin`: run itself, with a fake environment, on the database of a
@@ -240,4 +242,36 @@ func TestCreateAdminReadsEnvFile(t *testing.T) {
 		t.Fatalf("create-admin: %v; output: %s", err, out.String())
 	}
 	env.expectAdmin(t)
+}
+
+// TestCreateAdminInterrupted: Ctrl-C (a cancelled context) at a prompt ends the command at
+// once, without waiting for the input it asked for, and creates nothing.
+func TestCreateAdminInterrupted(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	stdin, typist, err := os.Pipe() // input that never comes
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	defer typist.Close()
+	ctx, interrupt := context.WithCancel(context.Background())
+	getenv := envOf(map[string]string{"DATABASE_URL": env.cfg.databaseURL, "JWT_SECRET_KEY": "admin-test-secret-admin-test-secret-0123"})
+	result := make(chan error, 1)
+	go func() {
+		result <- run(ctx, []string{"usermgmt", "-env-file=", "-create-admin"}, getenv, stdin, &syncBuffer{})
+	}()
+	time.Sleep(100 * time.Millisecond) // at the username prompt
+	interrupt()
+	select {
+	case err := <-result:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("interrupted create-admin returned %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("create-admin still waits for input after Ctrl-C")
+	}
+	if n := env.countUsers(t, ""); n != 0 {
+		t.Errorf("%d users after an interrupted create-admin, want 0", n)
+	}
 }
