@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"net/mail"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -72,7 +73,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 			t.Errorf("%s: got %v, want %v", c.name, c.got, c.want)
 		}
 	}
-	if cfg.mail.sender == "" || cfg.mail.publicURL == "" {
+	if cfg.mail.sender.Address != "usermgmt@localhost" || cfg.mail.publicURL == "" {
 		t.Errorf("no default MAIL_DEFAULT_SENDER (%q) or PUBLIC_URL (%q)", cfg.mail.sender, cfg.mail.publicURL)
 	}
 }
@@ -104,14 +105,14 @@ func TestLoadConfigValues(t *testing.T) {
 			"ADDR": "127.0.0.1:9000", "JWT_ACCESS_TOKEN_EXPIRES": "60", "BCRYPT_COST": "4", "PASSWORD_MIN_LENGTH": "10",
 			"PASSWORD_RESET_TOKEN_EXPIRES": "900", "PUBLIC_URL": "https://users.example.com", "MAIL_SERVER": "smtp.example.com",
 			"MAIL_PORT": "587", "MAIL_USERNAME": "mailer", "MAIL_PASSWORD": "hunter2", "MAIL_USE_TLS": "true",
-			"MAIL_DEFAULT_SENDER": "noreply@example.com", "MAIL_BACKEND": "smtp",
+			"MAIL_DEFAULT_SENDER": "Acme Users <noreply@example.com>", "MAIL_BACKEND": "smtp",
 		}, func(c config) bool {
 			return c.addr == "127.0.0.1:9000" && c.accessTTL == time.Minute && c.bcryptCost == 4 && c.passwordMinLength == 10 &&
 				c.resetTTL == 15*time.Minute && c.mail.publicURL == "https://users.example.com" &&
 				c.mail.resetURL == "https://users.example.com/api/auth/reset-password/{token}" &&
 				c.mail.backend == mailSMTP && c.mail.server == "smtp.example.com" && c.mail.port == 587 &&
 				c.mail.username == "mailer" && c.mail.password == "hunter2" && c.mail.useTLS && !c.mail.useSSL &&
-				c.mail.sender == "noreply@example.com"
+				c.mail.sender == mail.Address{Name: "Acme Users", Address: "noreply@example.com"}
 		}},
 	}
 	for _, tt := range tests {
@@ -153,6 +154,9 @@ func TestLoadConfigErrors(t *testing.T) {
 		{"bad MAIL_USE_SSL", map[string]string{"MAIL_USE_SSL": "sometimes"}, []string{"MAIL_USE_SSL"}},
 		{"unknown MAIL_BACKEND", map[string]string{"MAIL_BACKEND": "carrier-pigeon"}, []string{"MAIL_BACKEND"}},
 		{"smtp without MAIL_SERVER", map[string]string{"MAIL_BACKEND": "smtp"}, []string{"MAIL_SERVER"}},
+		{"MAIL_DEFAULT_SENDER not an address", map[string]string{"MAIL_DEFAULT_SENDER": "Acme"}, []string{"MAIL_DEFAULT_SENDER"}},
+		{"MAIL_DEFAULT_SENDER with a line break", map[string]string{"MAIL_DEFAULT_SENDER": "a@example.com\r\nBcc: eve@example.com"},
+			[]string{"MAIL_DEFAULT_SENDER"}},
 		{"TLS and SSL both set", map[string]string{"MAIL_SERVER": "m", "MAIL_USE_TLS": "true", "MAIL_USE_SSL": "true"},
 			[]string{"MAIL_USE_TLS", "MAIL_USE_SSL"}},
 		{"every problem at once is named", map[string]string{"DATABASE_URL": "", "JWT_SECRET_KEY": "short", "BCRYPT_COST": "x",

@@ -15,6 +15,7 @@ import (
 	"mime/multipart"
 	"mime/quotedprintable"
 	"net"
+	"net/mail"
 	"net/smtp"
 	"net/textproto"
 	"strconv"
@@ -38,10 +39,10 @@ type mailConfig struct {
 	port           int
 	username       string
 	password       string
-	useTLS         bool // STARTTLS after connecting, required
-	useSSL         bool // TLS from the first byte (port 465 style)
-	insecureTLS    bool // skip certificate verification: for testing only
-	sender         string
+	useTLS         bool         // STARTTLS after connecting, required
+	useSSL         bool         // TLS from the first byte (port 465 style)
+	insecureTLS    bool         // skip certificate verification: for testing only
+	sender         mail.Address // MAIL_DEFAULT_SENDER: the envelope sender, and From: with its name
 	connectTimeout time.Duration
 	commandTimeout time.Duration // for each read or write
 	totalTimeout   time.Duration // for the whole conversation
@@ -171,7 +172,7 @@ func sendSMTP(ctx context.Context, cfg mailConfig, msg mailMessage) error {
 			return fmt.Errorf("smtp auth: %w", err)
 		}
 	}
-	if err := c.Mail(cfg.sender); err != nil {
+	if err := c.Mail(cfg.sender.Address); err != nil {
 		return fmt.Errorf("smtp mail from: %w", err)
 	}
 	if err := c.Rcpt(msg.to); err != nil {
@@ -220,7 +221,7 @@ func (c *deadlineConn) deadline() time.Time {
 
 // formatMessage renders an RFC 5322 message: multipart/alternative with a text and an HTML
 // part, both UTF-8 in quoted-printable, and an RFC 2047 encoded subject.
-func formatMessage(from string, msg mailMessage, now time.Time) []byte {
+func formatMessage(from mail.Address, msg mailMessage, now time.Time) []byte {
 	var body bytes.Buffer
 	parts := multipart.NewWriter(&body)
 	for _, p := range []struct{ contentType, content string }{
@@ -239,10 +240,14 @@ func formatMessage(from string, msg mailMessage, now time.Time) []byte {
 
 	id := make([]byte, 16)
 	_, _ = rand.Read(id)
-	domain := from[strings.LastIndex(from, "@")+1:]
+	domain := from.Address[strings.LastIndex(from.Address, "@")+1:]
+	sender := from.Address
+	if from.Name != "" {
+		sender = from.String() // the name RFC 2047-encoded when it needs to be
+	}
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "From: %s\r\nTo: %s\r\nSubject: %s\r\nDate: %s\r\nMessage-ID: <%s@%s>\r\n",
-		from, msg.to, mime.QEncoding.Encode("utf-8", msg.subject), now.Format(time.RFC1123Z), hex.EncodeToString(id), domain)
+		sender, msg.to, mime.QEncoding.Encode("utf-8", msg.subject), now.Format(time.RFC1123Z), hex.EncodeToString(id), domain)
 	// The boundary goes on a folded line of its own, keeping header lines within 78 characters.
 	fmt.Fprintf(&b, "MIME-Version: 1.0\r\nContent-Type: multipart/alternative;\r\n boundary=%q\r\n\r\n", parts.Boundary())
 	b.Write(body.Bytes())

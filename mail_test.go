@@ -121,7 +121,7 @@ func mailToken(t *testing.T, text string) string {
 func TestMailKinds(t *testing.T) {
 	t.Parallel()
 	srv := newSMTPServer(t, smtpOptions{})
-	env := newTestEnv(t, srv.use, func(c *config) { c.mail.sender = "noreply@usermgmt.test" })
+	env := newTestEnv(t, srv.use, func(c *config) { c.mail.sender = mail.Address{Address: "noreply@usermgmt.test"} })
 
 	// Each step queues one or two messages: register (verify_email), reset request
 	// (password_reset), change password (password_changed), change email (email_changed to
@@ -314,6 +314,8 @@ func TestSendSMTP(t *testing.T) {
 		{name: "message refused at the end of data", refuse: map[string]string{"DOT": "452 4.3.1 out of storage"}, wantErr: "452"},
 		// Taken at the end of data, the message is delivered: a failed goodbye must not make
 		// the outbox send it again.
+		{name: "sender with a name", change: func(c *mailConfig) { c.sender = mail.Address{Name: "Acme", Address: "no-reply@acme.test"} },
+			wantCmd: "MAIL FROM:<no-reply@acme.test>", delivered: 1},
 		{name: "goodbye refused after delivery", refuse: map[string]string{"QUIT": "421 4.4.2 closing"}, wantCmd: "QUIT", delivered: 1},
 	}
 	for _, tt := range tests {
@@ -384,7 +386,7 @@ func TestFormatMessage(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			raw := string(formatMessage("usermgmt@example.com", mailMessage{to: "zoe@example.com", subject: tt.subject, text: text, html: html}, now))
+			raw := string(formatMessage(mail.Address{Address: "usermgmt@example.com"}, mailMessage{to: "zoe@example.com", subject: tt.subject, text: text, html: html}, now))
 			p := parseMail(t, raw)
 			header := p.header.Get("Subject")
 			if tt.encoded != strings.HasPrefix(header, "=?utf-8?q?") {
@@ -410,10 +412,20 @@ func TestFormatMessage(t *testing.T) {
 			}
 		})
 	}
+	// A sender's name, encoded when it is not ASCII; the Message-ID takes the address's domain.
+	p := parseMail(t, string(formatMessage(mail.Address{Name: "Équipe Acme", Address: "no-reply@acme.test"},
+		mailMessage{to: "zoe@example.com", subject: "s", text: "b", html: "b"}, now)))
+	from, err := mail.ParseAddress(p.header.Get("From"))
+	if err != nil || from.Name != "Équipe Acme" || from.Address != "no-reply@acme.test" || !strings.HasPrefix(p.header.Get("From"), "=?utf-8?") {
+		t.Errorf("From %q parses to %v (%v), want Équipe Acme <no-reply@acme.test>, encoded", p.header.Get("From"), from, err)
+	}
+	if id := p.header.Get("Message-ID"); !strings.HasSuffix(id, "@acme.test>") {
+		t.Errorf("Message-ID %q, want one at acme.test", id)
+	}
 	// Every message gets its own Message-ID.
 	ids := map[string]bool{}
 	for range 2 {
-		p := parseMail(t, string(formatMessage("usermgmt@example.com", mailMessage{to: "zoe@example.com", subject: "s", text: "b", html: "b"}, now)))
+		p := parseMail(t, string(formatMessage(mail.Address{Address: "usermgmt@example.com"}, mailMessage{to: "zoe@example.com", subject: "s", text: "b", html: "b"}, now)))
 		ids[p.header.Get("Message-ID")] = true
 	}
 	if len(ids) != 2 {

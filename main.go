@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/mail"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -206,7 +207,6 @@ func loadConfig(getenv func(string) string) (config, error) {
 			useTLS:         boolean("MAIL_USE_TLS"),
 			useSSL:         boolean("MAIL_USE_SSL"),
 			insecureTLS:    boolean("MAIL_TLS_INSECURE_SKIP_VERIFY"),
-			sender:         str("MAIL_DEFAULT_SENDER", "usermgmt@localhost"),
 			connectTimeout: 10 * time.Second,
 			commandTimeout: 30 * time.Second,
 			totalTimeout:   2 * time.Minute,
@@ -226,6 +226,11 @@ func loadConfig(getenv func(string) string) (config, error) {
 		defaultBackend = mailSMTP
 	}
 	cfg.mail.backend = str("MAIL_BACKEND", defaultBackend)
+	if sender, err := mail.ParseAddress(str("MAIL_DEFAULT_SENDER", "usermgmt@localhost")); err == nil {
+		cfg.mail.sender = *sender
+	} else {
+		problems = append(problems, `MAIL_DEFAULT_SENDER must be an email address, with or without a name: "Acme <no-reply@acme.test>"`)
+	}
 	if cfg.databaseURL == "" {
 		problems = append(problems, "DATABASE_URL is required (`make run` writes one to .env)")
 	}

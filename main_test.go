@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/mail"
 	"net/url"
 	"os"
 	"strings"
@@ -168,7 +169,7 @@ func testConfig(databaseURL string) config {
 		verifyTTL:            24 * time.Hour,
 		mail: mailConfig{
 			backend:        mailDummy,
-			sender:         "usermgmt@example.com",
+			sender:         mail.Address{Address: "usermgmt@example.com"},
 			connectTimeout: 5 * time.Second,
 			commandTimeout: 5 * time.Second,
 			totalTimeout:   10 * time.Second,
