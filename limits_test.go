@@ -186,6 +186,8 @@ func TestClientIP(t *testing.T) {
 		{"IPv4-mapped IPv6 peer, untrusted", "[::ffff:198.51.100.7]:4000", []string{"203.0.113.1"}, "198.51.100.7"},
 		{"IPv4-mapped IPv6 peer, trusted", "[::ffff:10.0.0.2]:4000", []string{"203.0.113.1"}, "203.0.113.1"},
 		{"IPv4-mapped forwarded client", "10.0.0.2:4000", []string{"::ffff:203.0.113.1"}, "203.0.113.1"},
+		{"zone of a forwarded client dropped", "10.0.0.2:4000", []string{"fe80::1%\xff"}, "fe80::1"},
+		{"zone of the peer dropped", "[fe80::1%eth0]:4000", nil, "fe80::1"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -198,6 +200,21 @@ func TestClientIP(t *testing.T) {
 				t.Errorf("clientIP = %q, want %q", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestClientNetwork(t *testing.T) {
+	t.Parallel()
+	for ip, want := range map[string]string{
+		"198.51.100.7":            "198.51.100.7",
+		"2001:db8:1:2::1":         "2001:db8:1:2::/64",
+		"2001:db8:1:2:ffff::9":    "2001:db8:1:2::/64",
+		"2001:db8:1:3::1":         "2001:db8:1:3::/64",
+		"not an address (a test)": "not an address (a test)",
+	} {
+		if got := clientNetwork(ip); got != want {
+			t.Errorf("clientNetwork(%q) = %q, want %q", ip, got, want)
+		}
 	}
 }
 

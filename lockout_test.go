@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/netip"
 	"strconv"
@@ -207,4 +208,18 @@ func TestLoginLockoutRacesItsLifting(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// TestLoginLockoutCountsIPv6By64: an IPv6 client cannot get fresh guesses by moving to another
+// address of its /64, which one host commonly holds whole.
+func TestLoginLockoutCountsIPv6By64(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t, func(c *config) { c.trustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")} })
+	env.addUser(t, "alice", roleUser)
+	from := func(ip string) http.Header { return http.Header{"X-Forwarded-For": {ip}} }
+	for i := range env.cfg.loginMaxFailures {
+		env.loginWith(t, "alice", "wrong-password", from(fmt.Sprintf("2001:db8:1:2::%x", i+1))).expect(t, http.StatusUnauthorized)
+	}
+	expectLocked(t, env.loginWith(t, "alice", testPassword, from("2001:db8:1:2:abcd::99")), time.Minute)
+	pairOf(t, env.loginWith(t, "alice", testPassword, from("2001:db8:1:3::1")))
 }

@@ -19,7 +19,8 @@ import (
 
 // origin is the client address and user agent of a request, for sessions, limits and audit.
 type origin struct {
-	ip        string
+	ip        string // recorded in sessions and the audit log
+	network   string // counted by limits and lockouts: see clientNetwork
 	userAgent string
 }
 
@@ -35,7 +36,8 @@ func originOf(ctx context.Context) origin {
 // walk around the limits.
 func withOrigin(trusted []netip.Prefix, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		o := origin{ip: clientIP(r, trusted), userAgent: storableText(r.UserAgent(), 512)}
+		ip := clientIP(r, trusted)
+		o := origin{ip: ip, network: clientNetwork(ip), userAgent: storableText(r.UserAgent(), 512)}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), originKey{}, o)))
 	})
 }
@@ -51,7 +53,7 @@ func clientIP(r *http.Request, trusted []netip.Prefix) string {
 	if err != nil {
 		return host
 	}
-	peer = peer.Unmap()
+	peer = peer.Unmap().WithZone("")
 	if !isTrusted(peer, trusted) {
 		return peer.String()
 	}
@@ -61,12 +63,23 @@ func clientIP(r *http.Request, trusted []netip.Prefix) string {
 		if err != nil {
 			break // a garbled entry: trust nothing to its left
 		}
-		if hop = hop.Unmap(); !isTrusted(hop, trusted) {
+		// A zone names an interface of whoever wrote it, not a client, and is free text.
+		if hop = hop.Unmap().WithZone(""); !isTrusted(hop, trusted) {
 			return hop.String()
 		}
 		peer = hop
 	}
 	return peer.String()
+}
+
+// clientNetwork is what limits and lockouts count a client by: its address, or for IPv6 the
+// /64 the address is in, since one host commonly holds a whole /64 to pick addresses from.
+func clientNetwork(ip string) string {
+	addr, err := netip.ParseAddr(ip)
+	if err != nil || !addr.Is6() {
+		return ip
+	}
+	return netip.PrefixFrom(addr, 64).Masked().String()
 }
 
 func isTrusted(addr netip.Addr, trusted []netip.Prefix) bool {
@@ -114,7 +127,7 @@ func limitAuth(cfg config, st *store, logger *slog.Logger) func(http.Handler) ht
 		perSecond := float64(cfg.authRateLimit) / 60
 		retryAfter := strconv.Itoa(int(math.Ceil(1 / perSecond)))
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			allowed, err := st.takeToken(r.Context(), "auth:"+originOf(r.Context()).ip, float64(cfg.authRateBurst), perSecond)
+			allowed, err := st.takeToken(r.Context(), "auth:"+originOf(r.Context()).network, float64(cfg.authRateBurst), perSecond)
 			if err != nil {
 				writeError(w, r, logger, err)
 				return

@@ -65,7 +65,7 @@ CREATE INDEX IF NOT EXISTS refresh_tokens_session_idx ON refresh_tokens (session
 -- Consecutive failed logins per account and client address, for the lockout back-off.
 CREATE TABLE IF NOT EXISTS login_failures (
     login        text        NOT NULL, -- 'user:<id>', or 'login:<name as typed>' for unknown names
-    ip           text        NOT NULL,
+    ip           text        NOT NULL, -- the client address; for IPv6, its /64
     failures     integer     NOT NULL,
     locked_until timestamptz,
     updated_at   timestamptz NOT NULL,

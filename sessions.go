@@ -103,7 +103,7 @@ func (s *store) reserveLoginAttempt(ctx context.Context, login string, maxFailur
 // countLoginAttempt counts an attempt unless the pair is locked, and then returns the lock's
 // end (zero if it was lifted meanwhile).
 func (s *store) countLoginAttempt(ctx context.Context, login string, maxFailures int) (counted bool, lockedUntil time.Time, err error) {
-	ip, now := originOf(ctx).ip, s.now()
+	ip, now := originOf(ctx).network, s.now()
 	tag, err := s.pool.Exec(ctx, `INSERT INTO login_failures AS f (login, ip, failures, locked_until, updated_at)
 		VALUES ($1, $2, 1, CASE WHEN $4::int <= 1 THEN $3::timestamptz + interval '1 minute' END, $3)
 		ON CONFLICT (login, ip) DO UPDATE SET failures = f.failures + 1, updated_at = $3,
@@ -129,7 +129,7 @@ func (s *store) countLoginAttempt(ctx context.Context, login string, maxFailures
 func forgetLoginFailures(ctx context.Context, db interface {
 	Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
 }, login string) error {
-	_, err := db.Exec(ctx, "DELETE FROM login_failures WHERE login = $1 AND ip = $2", login, originOf(ctx).ip)
+	_, err := db.Exec(ctx, "DELETE FROM login_failures WHERE login = $1 AND ip = $2", login, originOf(ctx).network)
 	return err
 }
 
