@@ -76,38 +76,36 @@ func TestResetRacesOtherPasswordWrites(t *testing.T) {
 	}
 }
 
-// TestRefreshRacesDeletion: refreshes of a user's sessions racing an admin deleting the user.
+// TestRefreshRacesDeletion: chains of refreshes (each presenting the token the one before
+// returned) in every session of a user, racing an admin deleting the user.
 func TestRefreshRacesDeletion(t *testing.T) {
 	t.Parallel()
 	env := newTestEnv(t)
-	adminToken := env.tokenFor(t, env.addUser(t, "root", roleAdmin))
-	for i := range 40 {
+	admin := env.addUser(t, "root", roleAdmin)
+	for i := range 30 {
+		adminToken := env.tokenFor(t, admin)
 		u := env.addUser(t, fmt.Sprintf("user%d", i), roleUser)
-		var tokens []string
-		for range 4 {
+		replies := map[string]response{}
+		var mu sync.Mutex
+		record := func(name string, r response) { mu.Lock(); replies[name] = r; mu.Unlock() }
+		var wg sync.WaitGroup
+		for j := range 4 {
 			_, token, err := env.st.startSession(context.Background(), u, u.Username, "", env.cfg.refreshTTL)
 			if err != nil {
 				t.Fatal(err)
 			}
-			tokens = append(tokens, token)
-		}
-		replies := map[string]response{}
-		var mu sync.Mutex
-		var wg sync.WaitGroup
-		for j, token := range tokens {
 			wg.Go(func() {
-				r := env.refresh(t, token)
-				mu.Lock()
-				replies[fmt.Sprint("refresh ", j)] = r
-				mu.Unlock()
+				for n := range 50 {
+					r := env.refresh(t, token)
+					if r.status != http.StatusOK { // the user is gone: the chain ends
+						record(fmt.Sprintf("refresh %d of session %d", n, j), r)
+						return
+					}
+					token, _ = r.json(t)["refresh_token"].(string)
+				}
 			})
 		}
-		wg.Go(func() {
-			r := env.do(t, "DELETE", fmt.Sprintf("/api/users/%d", u.ID), adminToken, nil)
-			mu.Lock()
-			replies["delete"] = r
-			mu.Unlock()
-		})
+		wg.Go(func() { record("delete", env.do(t, "DELETE", fmt.Sprintf("/api/users/%d", u.ID), adminToken, nil)) })
 		wg.Wait()
 		expectNoDeadlock(t, env, replies)
 		if replies["delete"].status != http.StatusOK {

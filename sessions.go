@@ -136,17 +136,20 @@ func forgetLoginFailures(ctx context.Context, db interface {
 var errRefreshInvalid = fail(errUnauthorized, "Invalid or expired refresh token")
 
 // refreshSQL rotates a refresh token in one statement, so a refresh costs one round trip.
-// It reads the token with its session and user (FOR UPDATE: concurrent refreshes of one token
-// take turns) and, when the token may be used (live session, active user, unexpired, not
+// It locks the token's session, then the token (concurrent refreshes of one session take
+// turns; session before token is the order of every statement that locks both, such as a
+// user's deletion, so none deadlock), reads them with the user and, when the token may be used (live session, active user, unexpired, not
 // rotated, or rotated at most $5 seconds ago), marks it rotated (keeping its first rotation time),
 // issues the successor $3 and extends the session until $4, but never beyond $6 seconds after
 // its login. It returns the token's row either way, with issued telling whether the successor
 // was made.
-const refreshSQL = `WITH token AS (
+const refreshSQL = `WITH session AS MATERIALIZED (
+		SELECT id, revoked_at IS NULL AS live, user_id, created_at FROM sessions
+		WHERE id = (SELECT session_id FROM refresh_tokens WHERE token_hash = $1) FOR NO KEY UPDATE
+	), token AS (
 		SELECT t.token_hash, t.session_id, t.expires_at AS token_expires_at, t.rotated_at,
-			s.revoked_at IS NULL AS session_live, s.user_id,
-			LEAST($4, s.created_at + $6 * interval '1 second') AS new_expires_at
-		FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id
+			s.live AS session_live, s.user_id, LEAST($4, s.created_at + $6 * interval '1 second') AS new_expires_at
+		FROM session s JOIN refresh_tokens t ON t.session_id = s.id
 		WHERE t.token_hash = $1 FOR UPDATE OF t
 	), usable AS (
 		SELECT token.* FROM token JOIN users ON users.id = token.user_id

@@ -380,10 +380,9 @@ func (s *store) deleteUser(ctx context.Context, actor user, id int64) error {
 				return err
 			}
 		}
-		// Refresh tokens go first, then (by cascade) the sessions: the order in which a refresh
-		// locks them, so that a refresh racing the deletion waits rather than deadlocks.
-		if _, err := tx.Exec(ctx, `DELETE FROM refresh_tokens
-			WHERE session_id IN (SELECT id FROM sessions WHERE user_id = $1)`, id); err != nil {
+		// The sessions are locked before the cascade deletes them and then their refresh
+		// tokens: a refresh locks a session before its token too, so the two never deadlock.
+		if _, err := tx.Exec(ctx, "SELECT FROM sessions WHERE user_id = $1 FOR UPDATE", id); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, "DELETE FROM users WHERE id = $1", id); err != nil {
@@ -537,10 +536,8 @@ func (s *store) deleteExpired(ctx context.Context) error {
 		"DELETE FROM password_reset_tokens WHERE expires_at < $1",
 		"DELETE FROM email_verification_tokens WHERE expires_at < $1",
 		"DELETE FROM mail_outbox WHERE COALESCE(sent_at, failed_at) < $1 - interval '30 days'",
-		// Refresh tokens before their sessions, the order in which a refresh locks them.
-		`DELETE FROM refresh_tokens WHERE expires_at < $1 OR session_id IN
-			(SELECT id FROM sessions WHERE COALESCE(revoked_at, expires_at) < $1 - interval '1 day')`,
 		"DELETE FROM sessions WHERE COALESCE(revoked_at, expires_at) < $1 - interval '1 day'",
+		"DELETE FROM refresh_tokens WHERE expires_at < $1",
 	} {
 		if _, err := s.pool.Exec(ctx, sql, now); err != nil {
 			return fmt.Errorf("delete expired: %w", err)
