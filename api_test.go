@@ -353,7 +353,8 @@ func TestBadUserIDs(t *testing.T) {
 		name  string
 		token string
 	}{{"admin", env.tokenFor(t, admin)}, {"user", env.tokenFor(t, alice)}}
-	ids := []string{"abc", "-1", "0", "99999999999999999999", "9223372036854775808", "1.5", "1e3", "0x1", "%20", "1%00"}
+	ids := []string{"abc", "-1", "0", "99999999999999999999", "9223372036854775808", "1.5", "1e3", "0x1", "%20", "1%00",
+		"+" + strconv.FormatInt(alice.ID, 10), "0" + strconv.FormatInt(alice.ID, 10)} // each id has one spelling
 	for _, actor := range actors {
 		for _, method := range []string{"GET", "PUT", "PATCH", "DELETE"} {
 			for _, id := range ids {

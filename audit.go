@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/url"
-	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -107,9 +106,9 @@ func parseAuditFilter(q url.Values) (auditFilter, error) {
 	err := parseListQuery(q, &f.page, func(name, value string) string {
 		switch name {
 		case "user_id":
-			id, err := strconv.ParseInt(value, 10, 64)
+			id, ok := parseID(value)
 			f.UserID = id
-			if err != nil || id <= 0 {
+			if !ok {
 				return "must be a positive integer"
 			}
 		case "action":

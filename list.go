@@ -17,7 +17,15 @@ import (
 func handleList[F interface{ pagination() page }, T any](logger *slog.Logger,
 	parse func(url.Values) (F, error), list func(context.Context, F) ([]T, int, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		f, err := parse(r.URL.Query())
+		// r.URL.Query() would drop malformed pairs ("per_page=50%") and serve the default.
+		q, err := url.ParseQuery(r.URL.RawQuery)
+		if err != nil {
+			err = fail(errInvalid, "The query string is malformed")
+		}
+		var f F
+		if err == nil {
+			f, err = parse(q)
+		}
 		var items []T
 		var total int
 		if err == nil {

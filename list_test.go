@@ -297,6 +297,16 @@ func TestUsersAdminList(t *testing.T) {
 		})
 	}
 
+	for _, query := range []string{"?per_page=50%", "?per_page=5;x=1", "?q=%zz"} {
+		t.Run("malformed "+query, func(t *testing.T) {
+			t.Parallel()
+			r := env.do(t, "GET", "/api/admin/users"+query, token, nil).expect(t, http.StatusBadRequest)
+			if msg := r.message(t); msg != "The query string is malformed" {
+				t.Errorf("message %q", msg)
+			}
+		})
+	}
+
 	t.Run("not an admin", func(t *testing.T) {
 		t.Parallel()
 		// A seeded active user: adding one here would change the other cases' totals.

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -337,10 +336,8 @@ func handleListSessions(st *store, logger *slog.Logger) http.Handler {
 
 func handleRevokeSession(st *store, logger *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
-		if err != nil || id <= 0 {
-			err = fail(errInvalid, "Session id must be a positive integer")
-		} else {
+		err := fail(errInvalid, "Session id must be a positive integer")
+		if id, ok := parseID(r.PathValue("id")); ok {
 			err = st.endSession(r.Context(), currentUser(r.Context()).ID, id, auditSessionRevoked)
 		}
 		if err != nil {

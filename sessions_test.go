@@ -452,6 +452,8 @@ func TestSessionList(t *testing.T) {
 		{"not a number", "abc", http.StatusBadRequest},
 		{"zero", "0", http.StatusBadRequest},
 		{"negative", "-1", http.StatusBadRequest},
+		{"with a sign", "+" + phoneID, http.StatusBadRequest},
+		{"with a leading zero", "0" + phoneID, http.StatusBadRequest},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

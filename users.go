@@ -109,14 +109,24 @@ func handleDeleteUser(st *store, logger *slog.Logger) http.Handler {
 // targetID parses the {id} of the path. A user who is not an admin may address only
 // themself: any other id is 403 whether or not it exists, so ids cannot be probed.
 func targetID(r *http.Request) (int64, error) {
-	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
-	if err != nil || id <= 0 {
+	id, ok := parseID(r.PathValue("id"))
+	if !ok {
 		return 0, fail(errInvalid, "User id must be a positive integer")
 	}
 	if me := currentUser(r.Context()); me.Role != roleAdmin && me.ID != id {
 		return 0, fail(errForbidden, "You may only access your own account")
 	}
 	return id, nil
+}
+
+// parseID reads an id as written in paths and queries: a positive decimal integer with no sign
+// or leading zero, so that each id has one spelling.
+func parseID(s string) (int64, bool) {
+	if s == "" || s[0] < '1' || s[0] > '9' {
+		return 0, false
+	}
+	id, err := strconv.ParseInt(s, 10, 64)
+	return id, err == nil
 }
 
 // userNotFound gives a missing user its message.
