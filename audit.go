@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -12,7 +13,7 @@ import (
 // The audit log: one row per security-relevant event, written in the transaction of the change
 // it records, so that a change and its record stand or fall together.
 
-// Audit actions.
+// Audit actions, each listed in auditActions.
 const (
 	auditRegister             = "register"
 	auditAdminCreated         = "admin_created"
@@ -26,11 +27,22 @@ const (
 	auditPasswordChangeFailed = "password_change_failed"
 	auditPasswordResetRequest = "password_reset_requested"
 	auditPasswordReset        = "password_reset"
-	auditProfileUpdated       = "profile_updated"
-	auditRoleChanged          = "role_changed"
-	auditActivationChanged    = "activation_changed"
-	auditUserDeleted          = "user_deleted"
+	// A request for a reset or verification mail that sent none (no such account, or the cap
+	// reached).
+	auditMailNotSent           = "mail_not_sent"
+	auditVerificationRequested = "email_verification_requested"
+	auditEmailVerified         = "email_verified"
+	auditProfileUpdated        = "profile_updated"
+	auditRoleChanged           = "role_changed"
+	auditActivationChanged     = "activation_changed"
+	auditUserDeleted           = "user_deleted"
 )
+
+// auditActions are the actions the audit log filter knows.
+var auditActions = []string{auditRegister, auditAdminCreated, auditLoginSucceeded, auditLoginFailed, auditLogout,
+	auditLogoutAll, auditSessionRevoked, auditRefreshTokenReused, auditPasswordChanged, auditPasswordChangeFailed,
+	auditPasswordResetRequest, auditPasswordReset, auditMailNotSent, auditVerificationRequested, auditEmailVerified,
+	auditProfileUpdated, auditRoleChanged, auditActivationChanged, auditUserDeleted}
 
 // auditEvent is one row of the audit log. A zero ActorID or TargetID means none.
 type auditEvent struct {
@@ -113,7 +125,9 @@ func parseAuditFilter(q url.Values) (auditFilter, error) {
 			}
 		case "action":
 			f.Action = value
-			return textProblem(value)
+			if !slices.Contains(auditActions, value) {
+				return "is not an audit action"
+			}
 		case "since", "until":
 			t, err := time.Parse(time.RFC3339, value)
 			if name == "since" {

@@ -68,10 +68,6 @@ func (s *store) createResetToken(ctx context.Context, email string, ttl time.Dur
 	return token, err
 }
 
-// auditMailNotSent records a request for a reset or verification mail that sent none (no
-// such account, or the cap reached).
-const auditMailNotSent = "mail_not_sent"
-
 // sendAskedMail runs send, in a transaction, for the user that lookup (a query of userColumns
 // taking the address as $1) finds, unless the user had their share of the mails counted by
 // action. Otherwise it records auditMailNotSent and returns errNotFound or errMailCapped;

@@ -14,9 +14,6 @@ import (
 
 // Email verification, and the notices mailed when an address or a password changes.
 
-const auditVerificationRequested = "email_verification_requested"
-const auditEmailVerified = "email_verified"
-
 // queueVerification issues a verification token for u's current address (replacing earlier
 // ones) and queues the mail carrying it. Only the token's SHA-256 is stored.
 func (s *store) queueVerification(ctx context.Context, tx pgx.Tx, u user, ttl time.Duration) error {
