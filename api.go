@@ -14,6 +14,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -74,6 +75,25 @@ func invalidFields(fields map[string]string) error {
 		return nil
 	}
 	return &clientError{kind: errInvalid, message: "Validation failed", fields: fields}
+}
+
+// waitError refuses a request until a time (a lockout, a cap): err is the reply, and
+// explainWait adds the Retry-After header.
+type waitError struct {
+	until time.Time
+	err   error
+}
+
+func (e waitError) Error() string { return e.err.Error() }
+func (e waitError) Unwrap() error { return e.err }
+
+// explainWait tells the client of a waitError when to come back.
+func explainWait(w http.ResponseWriter, st *store, err error) error {
+	var wait waitError
+	if errors.As(err, &wait) {
+		w.Header().Set("Retry-After", retryAfterSeconds(wait.until.Sub(st.now())))
+	}
+	return err
 }
 
 type errorBody struct {

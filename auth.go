@@ -112,27 +112,11 @@ func handleLogin(cfg config, st *store, pw *hasher, logger *slog.Logger) http.Ha
 		}
 		resp, err := login(r.Context(), cfg, st, pw, req)
 		if err != nil {
-			writeError(w, r, logger, explainLockout(w, st, err))
+			writeError(w, r, logger, explainWait(w, st, err))
 			return
 		}
 		writeJSON(w, http.StatusOK, resp)
 	})
-}
-
-// lockedError refuses a login while its account and address are locked out.
-type lockedError struct{ until time.Time }
-
-func (lockedError) Error() string { return "Too many failed logins; try again later" }
-func (lockedError) Unwrap() error { return errTooMany }
-
-// explainLockout turns a lockedError into its 429 reply, telling the client when to come back.
-func explainLockout(w http.ResponseWriter, st *store, err error) error {
-	var locked lockedError
-	if errors.As(err, &locked) {
-		w.Header().Set("Retry-After", retryAfterSeconds(locked.until.Sub(st.now())))
-		return fail(errTooMany, locked.Error())
-	}
-	return err
 }
 
 // accountKey names a known account in the lockout, whether it was named by username or email.
@@ -305,7 +289,7 @@ func handleChangePassword(cfg config, st *store, pw *hasher, logger *slog.Logger
 			version, err = st.changePassword(r.Context(), me, hash, sessionID)
 		}
 		if err != nil {
-			writeError(w, r, logger, explainLockout(w, st, err))
+			writeError(w, r, logger, explainWait(w, st, err))
 			return
 		}
 		writeJSON(w, http.StatusOK, struct {

@@ -11,16 +11,11 @@ import (
 
 // Password resets and changes in the store, and the cap on mail users can ask for.
 
-// mailCap bounds the mails of one kind an account is sent, so that no endpoint can be used to
-// flood a mailbox. Zero means no bound.
-type mailCap struct{ perMinute, perHour int }
-
-var (
-	// Reset and verification mails, which anyone can ask for by address.
-	askedMailCap = mailCap{perMinute: 1, perHour: 5}
-	// Verification mails caused by users changing their own address: no wait after a typo,
-	// but no flood either.
-	emailChangeCap = mailCap{perHour: 5}
+// Mail a user can have sent by asking (reset, verification) is capped per account, so these
+// endpoints cannot be used to flood a mailbox.
+const (
+	askedMailsPerMinute = 1
+	askedMailsPerHour   = 5
 )
 
 // errMailCapped means the account was sent as many mails of a kind as allowed for now.
@@ -28,7 +23,7 @@ var errMailCapped = errors.New("mail cap reached")
 
 // checkMailCap returns errMailCapped when the user's recent audit rows of action (one per
 // mail sent) reach the cap.
-func (s *store) checkMailCap(ctx context.Context, tx pgx.Tx, userID int64, action string, limit mailCap) error {
+func (s *store) checkMailCap(ctx context.Context, tx pgx.Tx, userID int64, action string) error {
 	var lastMinute, lastHour int
 	now := s.now()
 	err := tx.QueryRow(ctx, `SELECT count(*) FILTER (WHERE created_at > $4), count(*) FROM audit_log
@@ -37,7 +32,7 @@ func (s *store) checkMailCap(ctx context.Context, tx pgx.Tx, userID int64, actio
 	if err != nil {
 		return fmt.Errorf("mail cap: %w", err)
 	}
-	if limit.perMinute > 0 && lastMinute >= limit.perMinute || limit.perHour > 0 && lastHour >= limit.perHour {
+	if lastMinute >= askedMailsPerMinute || lastHour >= askedMailsPerHour {
 		return errMailCapped
 	}
 	return nil
@@ -78,7 +73,7 @@ func (s *store) sendAskedMail(ctx context.Context, lookup, email, action string,
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		u, err := queryUser(ctx, tx, lookup, email)
 		if err == nil {
-			err = s.checkMailCap(ctx, tx, u.ID, action, askedMailCap)
+			err = s.checkMailCap(ctx, tx, u.ID, action)
 		}
 		if errors.Is(err, errNotFound) || errors.Is(err, errMailCapped) {
 			notSent = err

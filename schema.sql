@@ -123,6 +123,8 @@ CREATE TABLE IF NOT EXISTS mail_outbox (
 );
 CREATE INDEX IF NOT EXISTS mail_outbox_due_idx ON mail_outbox (next_attempt_at)
     WHERE sent_at IS NULL AND failed_at IS NULL;
+-- The mail an address was sent lately, for the cap on changes of address.
+CREATE INDEX IF NOT EXISTS mail_outbox_recipient_idx ON mail_outbox (lower(recipient), created_at);
 
 -- The digest of the schema last applied: a start with the same schema.sql runs no DDL.
 CREATE TABLE IF NOT EXISTS schema_version (

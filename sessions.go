@@ -79,7 +79,7 @@ func insertRefreshToken(ctx context.Context, tx pgx.Tx, sessionID int64, token s
 
 // reserveLoginAttempt counts an attempt to log in as login from the request's address as a
 // failure, before its password is checked (a success then clears the count), and refuses it
-// with a lockedError while the pair is locked. From the maxFailures-th consecutive failure on,
+// with errLockedOut while the pair is locked. From the maxFailures-th consecutive failure on,
 // the pair is locked for a back-off that doubles from one minute up to fifteen. Counting is
 // one statement: attempts made in parallel are counted one by one, and once one of them locks
 // the pair the others are refused.
@@ -92,7 +92,7 @@ func (s *store) reserveLoginAttempt(ctx context.Context, login string, maxFailur
 		case counted:
 			return nil
 		case lockedUntil.After(s.now()):
-			return lockedError{lockedUntil}
+			return waitError{lockedUntil, errLockedOut}
 		}
 		// A successful login lifted the lock, or it ran out, between the two statements of
 		// countLoginAttempt: count the attempt afresh.
@@ -132,7 +132,10 @@ func forgetLoginFailures(ctx context.Context, db interface {
 	return err
 }
 
-var errRefreshInvalid = fail(errUnauthorized, "Invalid or expired refresh token")
+var (
+	errRefreshInvalid = fail(errUnauthorized, "Invalid or expired refresh token")
+	errLockedOut      = fail(errTooMany, "Too many failed logins; try again later")
+)
 
 // refreshSQL rotates a refresh token in one statement, so a refresh costs one round trip.
 // It locks the token's session, then the token (concurrent refreshes of one session take

@@ -279,14 +279,8 @@ func (s *store) updateUser(ctx context.Context, actor user, id int64, p userPatc
 				return err
 			}
 		}
-		// Each change of address mails both addresses: changing one's own back and forth must
-		// not flood a mailbox, so it shares the cap of the mail users ask for.
 		if actor.ID == target.ID && p.Email != nil && !strings.EqualFold(*p.Email, target.Email) {
-			err := s.checkMailCap(ctx, tx, target.ID, auditVerificationRequested, emailChangeCap)
-			if errors.Is(err, errMailCapped) {
-				return fail(errTooMany, "Too many email changes; try again later")
-			}
-			if err != nil {
+			if err := s.checkEmailChangeCap(ctx, tx, target.ID, *p.Email); err != nil {
 				return err
 			}
 		}

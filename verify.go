@@ -81,6 +81,41 @@ func (s *store) verifyEmail(ctx context.Context, token string) error {
 	})
 }
 
+// emailChangesPerHour bounds a user's own changes of address, and the mail an address gets
+// when users change to it: each change mails the new address and the old one, and changing
+// back and forth (from one account or many) must not flood a mailbox.
+const emailChangesPerHour = 5
+
+var errEmailChangesCapped = fail(errTooMany, "Too many email changes; try again later")
+
+// checkEmailChangeCap refuses the user's own change of address to email with a waitError
+// while the user changed address, or email was sent mail, emailChangesPerHour times in the
+// past hour. Changes by an admin are not capped.
+func (s *store) checkEmailChangeCap(ctx context.Context, tx pgx.Tx, userID int64, email string) error {
+	now := s.now()
+	// The emailChangesPerHour-th latest of each; the cap lifts when it is an hour old.
+	var ownChange, mailTo *time.Time
+	err := tx.QueryRow(ctx, `SELECT
+		(SELECT created_at FROM audit_log WHERE actor_id = $1 AND target_id = $1 AND action = $5
+			AND details->'fields' ? 'email' AND created_at > $3 ORDER BY created_at DESC OFFSET $4 - 1 LIMIT 1),
+		(SELECT created_at FROM mail_outbox WHERE lower(recipient) = lower($2) AND created_at > $3
+			ORDER BY created_at DESC OFFSET $4 - 1 LIMIT 1)`,
+		userID, email, now.Add(-time.Hour), emailChangesPerHour, auditProfileUpdated).Scan(&ownChange, &mailTo)
+	if err != nil {
+		return fmt.Errorf("email change cap: %w", err)
+	}
+	var until time.Time
+	for _, t := range []*time.Time{ownChange, mailTo} {
+		if t != nil && t.Add(time.Hour).After(until) {
+			until = t.Add(time.Hour)
+		}
+	}
+	if until.After(now) {
+		return waitError{until, errEmailChangesCapped}
+	}
+	return nil
+}
+
 // mailEmailChange, after an update, tells the old address of the change and asks the new one
 // to verify itself (unless an admin marked it verified).
 func (s *store) mailEmailChange(ctx context.Context, tx pgx.Tx, before, after user, verifyTTL time.Duration) error {
