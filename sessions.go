@@ -140,10 +140,11 @@ var (
 // refreshSQL rotates a refresh token in one statement, so a refresh costs one round trip.
 // It locks the token's session, then the token (concurrent refreshes of one session take
 // turns; session before token is the order of every statement that locks both, such as a
-// user's deletion, so none deadlock), reads them with the user and, when the token may be used (live session, active user, unexpired, not
-// rotated, or rotated at most $5 seconds ago), marks it rotated (keeping its first rotation time),
-// issues the successor $3 and extends the session until $4, but never beyond $6 seconds after
-// its login. It returns the token's row either way, with issued telling whether the successor
+// user's deletion, so none deadlock), and reads them with the user. When the token may be
+// used (live session within its lifetime of $6 seconds from login, active user, unexpired, not
+// rotated, or rotated at most $5 seconds ago), it marks it rotated (keeping its first rotation
+// time), issues the successor $3 and extends the session until $4, but never beyond its
+// lifetime. It returns the token's row either way, with issued telling whether the successor
 // was made.
 const refreshSQL = `WITH session AS MATERIALIZED (
 		SELECT id, revoked_at IS NULL AS live, user_id, created_at FROM sessions
@@ -155,7 +156,7 @@ const refreshSQL = `WITH session AS MATERIALIZED (
 		WHERE t.token_hash = $1 FOR UPDATE OF t
 	), usable AS (
 		SELECT token.* FROM token JOIN users ON users.id = token.user_id
-		WHERE token.session_live AND users.is_active AND token.token_expires_at > $2
+		WHERE token.session_live AND users.is_active AND token.token_expires_at > $2 AND token.new_expires_at > $2
 			AND (token.rotated_at IS NULL OR token.rotated_at >= $2 - $5 * interval '1 second')
 	), rotated AS (
 		UPDATE refresh_tokens t SET rotated_at = $2 FROM usable

@@ -289,6 +289,15 @@ func TestSessionLifetimeIsAbsolute(t *testing.T) {
 	env.expectEnded(t, p)
 	env.expectLive(t, env.loginPair(t, "alice"))
 
+	t.Run("lowered", func(t *testing.T) { // by an operator, or by an upgrade from a version without it
+		p := env.loginPair(t, "alice")
+		env.clock.Advance(20 * time.Hour)
+		p = env.expectLive(t, p)
+		env.clock.Advance(20 * time.Hour)
+		cfg := env.cfg
+		cfg.sessionLifetime = 24 * time.Hour
+		env.anotherInstance(t, cfg).refresh(t, p.refresh).expect(t, http.StatusUnauthorized)
+	})
 	t.Run("shorter than the idle limit", func(t *testing.T) {
 		env := newTestEnv(t, limits(24*time.Hour, time.Hour))
 		env.addUser(t, "bob", roleUser)
