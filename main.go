@@ -97,7 +97,7 @@ func serve(ctx context.Context, cfg config, st *store, logger *slog.Logger) erro
 		<-outboxDone // a message being sent is finished before exit
 	}()
 	srv := &http.Server{
-		Handler:           newServer(cfg, st, logger),
+		Handler:           newServer(cfg, st, newHasher(cfg.bcryptCost, cfg.bcryptConcurrency), logger),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       15 * time.Second,
 		WriteTimeout:      30 * time.Second,

@@ -187,6 +187,7 @@ type testEnv struct {
 	st     *store
 	clock  *testClock
 	logs   *syncBuffer
+	pw     *hasher // the server's
 	server *httptest.Server
 }
 
@@ -204,8 +205,8 @@ func newTestEnv(t testing.TB, change ...func(*config)) *testEnv {
 	}
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, nil))
-	env := &testEnv{cfg: cfg, st: st, clock: clock, logs: logs}
-	env.server = httptest.NewServer(newServer(cfg, st, logger))
+	env := &testEnv{cfg: cfg, st: st, clock: clock, logs: logs, pw: newHasher(cfg.bcryptCost, cfg.bcryptConcurrency)}
+	env.server = httptest.NewServer(newServer(cfg, st, env.pw, logger))
 	t.Cleanup(func() {
 		env.server.Close()
 		st.close()

@@ -5,16 +5,15 @@ import (
 	"net/http"
 )
 
-// newServer returns the service's whole HTTP handler.
-func newServer(cfg config, st *store, logger *slog.Logger) http.Handler {
+// newServer returns the service's whole HTTP handler; pw does its bcrypt work.
+func newServer(cfg config, st *store, pw *hasher, logger *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
-	addRoutes(mux, cfg, st, logger)
+	addRoutes(mux, cfg, st, pw, logger)
 	return withDeadline(withOrigin(cfg.trustedProxies, logRequests(logger, secureHeaders(jsonMuxErrors(mux)))))
 }
 
 // addRoutes lists the whole API and what guards each route.
-func addRoutes(mux *http.ServeMux, cfg config, st *store, logger *slog.Logger) {
-	pw := newHasher(cfg.bcryptCost, cfg.bcryptConcurrency)
+func addRoutes(mux *http.ServeMux, cfg config, st *store, pw *hasher, logger *slog.Logger) {
 	authed := requireAuth(cfg, st, logger)
 	admin := func(h http.Handler) http.Handler { return authed(requireAdmin(logger)(h)) }
 	limited := limitAuth(cfg, st, logger)
