@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/mail"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -155,6 +156,8 @@ func TestLoadConfigErrors(t *testing.T) {
 		{"unknown MAIL_BACKEND", map[string]string{"MAIL_BACKEND": "carrier-pigeon"}, []string{"MAIL_BACKEND"}},
 		{"smtp without MAIL_SERVER", map[string]string{"MAIL_BACKEND": "smtp"}, []string{"MAIL_SERVER"}},
 		{"MAIL_DEFAULT_SENDER not an address", map[string]string{"MAIL_DEFAULT_SENDER": "Acme"}, []string{"MAIL_DEFAULT_SENDER"}},
+		{"MAIL_DEFAULT_SENDER with a quoted local part", map[string]string{"MAIL_DEFAULT_SENDER": `"no reply"@acme.test`},
+			[]string{"MAIL_DEFAULT_SENDER"}},
 		{"MAIL_DEFAULT_SENDER with a line break", map[string]string{"MAIL_DEFAULT_SENDER": "a@example.com\r\nBcc: eve@example.com"},
 			[]string{"MAIL_DEFAULT_SENDER"}},
 		{"TLS and SSL both set", map[string]string{"MAIL_SERVER": "m", "MAIL_USE_TLS": "true", "MAIL_USE_SSL": "true"},
@@ -204,6 +207,30 @@ QUOTE_INSIDE=it's "fine"
 	}
 	if !maps.Equal(got, want) {
 		t.Errorf("got %q\nwant %q", got, want)
+	}
+}
+
+// TestEnvFileReadersAgree: scripts/envfile.sh, which the set-up script reads .env with, finds
+// the value the server finds for each key.
+func TestEnvFileReadersAgree(t *testing.T) {
+	t.Parallel()
+	content := "A=1\nexport B=\"two words\"\nexport\tC=3\nexport   D = 'x' \nE=\"'nested'\"\nF='\"nested\"'\n  G = g\nA=last\n"
+	file := filepath.Join(t.TempDir(), ".env")
+	if err := os.WriteFile(file, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	want, err := parseEnvFile(strings.NewReader(content))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{"A", "B", "C", "D", "E", "F", "G"} {
+		out, err := exec.Command("bash", "-c", `. scripts/envfile.sh && env_value "$1" "$2"`, "bash", key, file).Output()
+		if err != nil {
+			t.Fatalf("env_value %s: %v", key, err)
+		}
+		if got := strings.TrimSuffix(string(out), "\n"); got != want[key] {
+			t.Errorf("%s: envfile.sh reads %q, the server %q", key, got, want[key])
+		}
 	}
 }
 

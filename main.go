@@ -226,7 +226,13 @@ func loadConfig(getenv func(string) string) (config, error) {
 		defaultBackend = mailSMTP
 	}
 	cfg.mail.backend = str("MAIL_BACKEND", defaultBackend)
-	if sender, err := mail.ParseAddress(str("MAIL_DEFAULT_SENDER", "usermgmt@localhost")); err == nil {
+	sender, err := mail.ParseAddress(str("MAIL_DEFAULT_SENDER", "usermgmt@localhost"))
+	if err == nil {
+		// A quoted local part ("no reply"@example.com) comes back unquoted, and could not be
+		// sent as it is: refuse what does not parse again.
+		_, err = mail.ParseAddress(sender.Address)
+	}
+	if err == nil {
 		cfg.mail.sender = *sender
 	} else {
 		problems = append(problems, `MAIL_DEFAULT_SENDER must be an email address, with or without a name: "Acme <no-reply@acme.test>"`)
