@@ -169,8 +169,18 @@ func (s *store) createUser(ctx context.Context, u newUser, passwordHash string, 
 		if id, err = insertUser(ctx, tx, u, passwordHash, roleUser, false); err != nil {
 			return err
 		}
-		created := user{ID: id, Username: u.Username, FirstName: u.FirstName, Email: u.Email}
-		if err := s.queueVerification(ctx, tx, created, verifyTTL); err != nil {
+		// An address that was sent its share of mail lately gets no more: registering with it
+		// must not be a way round the cap. The user can ask for the mail again later.
+		capEnd, err := s.addressCapEnd(ctx, tx, u.Email)
+		if err != nil {
+			return err
+		}
+		if capEnd.After(s.now()) {
+			err = s.audit(ctx, tx, auditMailNotSent, 0, id, map[string]any{"for": auditVerificationRequested})
+		} else {
+			err = s.queueVerification(ctx, tx, user{ID: id, Username: u.Username, FirstName: u.FirstName, Email: u.Email}, verifyTTL)
+		}
+		if err != nil {
 			return err
 		}
 		return s.audit(ctx, tx, auditRegister, id, id, nil)

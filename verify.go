@@ -81,39 +81,57 @@ func (s *store) verifyEmail(ctx context.Context, token string) error {
 	})
 }
 
-// emailChangesPerHour bounds a user's own changes of address, and the mail an address gets
-// when users change to it: each change mails the new address and the old one, and changing
-// back and forth (from one account or many) must not flood a mailbox.
-const emailChangesPerHour = 5
+// Caps on the mail users can make the service send to an address by changing to it and away
+// (each change mails the new address and the old one) or by registering with it, so that no
+// mailbox can be flooded, from one account or from many.
+const (
+	emailChangesPerHour    = 5  // a user's own changes of address
+	mailsPerAddressPerHour = 10 // all mail to an address, past which no change to it is accepted
+)
 
 var errEmailChangesCapped = fail(errTooMany, "Too many email changes; try again later")
 
 // checkEmailChangeCap refuses the user's own change of address to email with a waitError
-// while the user changed address, or email was sent mail, emailChangesPerHour times in the
-// past hour. Changes by an admin are not capped.
+// while either cap holds. Changes by an admin to another user's address are not capped.
 func (s *store) checkEmailChangeCap(ctx context.Context, tx pgx.Tx, userID int64, email string) error {
-	now := s.now()
-	// The emailChangesPerHour-th latest of each; the cap lifts when it is an hour old.
-	var ownChange, mailTo *time.Time
-	err := tx.QueryRow(ctx, `SELECT
-		(SELECT created_at FROM audit_log WHERE actor_id = $1 AND target_id = $1 AND action = $5
-			AND details->'fields' ? 'email' AND created_at > $3 ORDER BY created_at DESC OFFSET $4 - 1 LIMIT 1),
-		(SELECT created_at FROM mail_outbox WHERE lower(recipient) = lower($2) AND created_at > $3
-			ORDER BY created_at DESC OFFSET $4 - 1 LIMIT 1)`,
-		userID, email, now.Add(-time.Hour), emailChangesPerHour, auditProfileUpdated).Scan(&ownChange, &mailTo)
+	ownEnd, err := s.hourCapEnd(ctx, tx, emailChangesPerHour, `FROM audit_log WHERE actor_id = $3 AND target_id = $3
+		AND action = $4 AND details->'fields' ? 'email'`, userID, auditProfileUpdated)
 	if err != nil {
-		return fmt.Errorf("email change cap: %w", err)
+		return err
 	}
-	var until time.Time
-	for _, t := range []*time.Time{ownChange, mailTo} {
-		if t != nil && t.Add(time.Hour).After(until) {
-			until = t.Add(time.Hour)
-		}
+	addressEnd, err := s.addressCapEnd(ctx, tx, email)
+	if err != nil {
+		return err
 	}
-	if until.After(now) {
+	until := ownEnd
+	if addressEnd.After(until) {
+		until = addressEnd
+	}
+	if until.After(s.now()) {
 		return waitError{until, errEmailChangesCapped}
 	}
 	return nil
+}
+
+// addressCapEnd is when the cap on mail to email lifts; zero or past when it does not hold.
+func (s *store) addressCapEnd(ctx context.Context, tx pgx.Tx, email string) (time.Time, error) {
+	return s.hourCapEnd(ctx, tx, mailsPerAddressPerHour, "FROM mail_outbox WHERE lower(recipient) = lower($3)", email)
+}
+
+// hourCapEnd is when a cap of limit events an hour lifts: an hour after the limit-th latest
+// event of the past hour, or zero when there are fewer. from is the FROM and WHERE clause
+// selecting the events (with their created_at), with args as $3 on.
+func (s *store) hourCapEnd(ctx context.Context, tx pgx.Tx, limit int, from string, args ...any) (time.Time, error) {
+	var nth time.Time
+	err := tx.QueryRow(ctx, "SELECT created_at "+from+" AND created_at > $1 ORDER BY created_at DESC OFFSET $2 LIMIT 1",
+		append([]any{s.now().Add(-time.Hour), limit - 1}, args...)...).Scan(&nth)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return time.Time{}, nil
+	}
+	if err != nil {
+		return time.Time{}, fmt.Errorf("mail cap: %w", err)
+	}
+	return nth.Add(time.Hour), nil
 }
 
 // mailEmailChange, after an update, tells the old address of the change and asks the new one

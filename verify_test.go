@@ -276,18 +276,20 @@ func TestEmailChange(t *testing.T) {
 }
 
 // TestEmailChangeCapped: changing addresses back and forth cannot flood a mailbox. A user's
-// own changes are capped per hour, and so is the mail an address gets from changes to it
-// (from any number of accounts); a change of letter case and an admin's change are not capped,
-// and mail asked for by others does not hold up an owner fixing a typo.
+// own changes are capped per hour, and so is the mail an address gets (from any number of
+// accounts, changing to it or registering with it); a change of letter case and an admin's
+// change of another user are not capped, and mail asked for by others does not hold up an
+// owner undoing a typo.
 func TestEmailChangeCapped(t *testing.T) {
 	t.Parallel()
 	env := newTestEnv(t, func(c *config) { c.accessTTL = 2 * time.Hour })
-	adminToken := env.tokenFor(t, env.addUser(t, "root", roleAdmin))
-	change := func(token string, u user, email string) response {
+	root := env.addUser(t, "root", roleAdmin)
+	adminToken := env.tokenFor(t, root)
+	change := func(t *testing.T, token string, u user, email string) response {
 		t.Helper()
 		return env.do(t, "PATCH", fmt.Sprintf("/api/users/%d", u.ID), token, map[string]any{"email": email})
 	}
-	expectCapped := func(r response, wait time.Duration) {
+	expectCapped := func(t *testing.T, r response, wait time.Duration) {
 		t.Helper()
 		r.expect(t, http.StatusTooManyRequests)
 		if msg := r.message(t); msg != "Too many email changes; try again later" {
@@ -302,27 +304,38 @@ func TestEmailChangeCapped(t *testing.T) {
 		mallory := env.addUser(t, "mallory", roleUser)
 		token := env.tokenFor(t, mallory)
 		for i := range emailChangesPerHour {
-			change(token, mallory, fmt.Sprintf("m%d@example.com", i)).expect(t, http.StatusOK)
+			change(t, token, mallory, fmt.Sprintf("m%d@example.com", i)).expect(t, http.StatusOK)
 			env.clock.Advance(time.Minute)
 		}
 		// The first of the five is 5 minutes old: the cap lifts 55 minutes from now.
-		expectCapped(change(token, mallory, "m9@example.com"), 55*time.Minute)
-		change(adminToken, mallory, "mallory@example.net").expect(t, http.StatusOK)
+		expectCapped(t, change(t, token, mallory, "m9@example.com"), 55*time.Minute)
+		change(t, adminToken, mallory, "mallory@example.net").expect(t, http.StatusOK)
 		env.clock.Advance(55 * time.Minute)
-		change(token, mallory, "m9@example.com").expect(t, http.StatusOK)
-		change(token, mallory, "M9@EXAMPLE.COM").expect(t, http.StatusOK) // letter case: the same mailbox
+		change(t, token, mallory, "m9@example.com").expect(t, http.StatusOK)
+		change(t, token, mallory, "M9@EXAMPLE.COM").expect(t, http.StatusOK) // letter case: the same mailbox
 	})
 	t.Run("per address, from many accounts", func(t *testing.T) {
+		env.deliverMail(t)
 		// Each round mails the victim twice: a verification, then the notice of the change away.
-		for i := range (emailChangesPerHour + 1) / 2 {
+		for i := range mailsPerAddressPerHour / 2 {
 			u := env.addUser(t, fmt.Sprintf("flooder%d", i), roleUser)
-			change(env.tokenFor(t, u), u, "victim@example.org").expect(t, http.StatusOK)
-			change(adminToken, u, fmt.Sprintf("flooder%d@example.net", i)).expect(t, http.StatusOK)
+			change(t, env.tokenFor(t, u), u, "victim@example.org").expect(t, http.StatusOK)
+			change(t, adminToken, u, fmt.Sprintf("flooder%d@example.net", i)).expect(t, http.StatusOK)
 		}
 		u := env.addUser(t, "flooder9", roleUser)
-		expectCapped(change(env.tokenFor(t, u), u, "victim@example.org"), time.Hour)
+		expectCapped(t, change(t, env.tokenFor(t, u), u, "victim@example.org"), time.Hour)
+		// Registering with the address creates the account but mails it nothing.
+		r := env.do(t, "POST", "/api/auth/register", "", map[string]string{
+			"username": "flooder10", "first_name": "F", "last_name": "L", "email": "victim@example.org", "password": testPassword,
+		}).expect(t, http.StatusCreated)
+		if n := len(mailsOf(env.deliverMail(t), mailVerifyEmail, "victim@example.org")); n != mailsPerAddressPerHour/2 {
+			t.Errorf("%d verification mails to the victim, want %d", n, mailsPerAddressPerHour/2)
+		}
+		// An hour on, the cap has lifted.
 		env.clock.Advance(time.Hour + time.Second)
-		change(env.tokenFor(t, u), u, "victim@example.org").expect(t, http.StatusOK)
+		adminToken = env.tokenFor(t, usersReload(t, env, root))
+		change(t, adminToken, user{ID: int64(r.json(t)["id"].(float64))}, "flooder10@example.net").expect(t, http.StatusOK)
+		change(t, env.tokenFor(t, u), u, "victim@example.org").expect(t, http.StatusOK)
 	})
 	t.Run("others asking for mail", func(t *testing.T) {
 		alice := env.addUser(t, "alice", roleUser) // its registration mail, then four resends
@@ -331,7 +344,9 @@ func TestEmailChangeCapped(t *testing.T) {
 			env.do(t, "POST", "/api/auth/resend-verification", "", map[string]string{"email": "alice@example.com"}).
 				expect(t, http.StatusOK)
 		}
-		change(env.tokenFor(t, alice), alice, "alice@example.net").expect(t, http.StatusOK)
+		token := env.tokenFor(t, alice)
+		change(t, token, alice, "alice@exmaple.com").expect(t, http.StatusOK) // a typo,
+		change(t, token, alice, "alice@example.com").expect(t, http.StatusOK) // undone
 	})
 }
 
