@@ -353,7 +353,7 @@ func authenticate(r *http.Request, cfg config, st *store) (principal, error) {
 	if err != nil {
 		return principal{}, errRevokedToken
 	}
-	u, sessionLive, err := st.sessionUser(r.Context(), id, claims.Session)
+	u, sessionLive, err := st.sessionUser(r.Context(), id, claims.Session, cfg.sessionLifetime)
 	if errors.Is(err, errNotFound) {
 		return principal{}, errRevokedToken
 	}

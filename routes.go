@@ -32,7 +32,7 @@ func addRoutes(mux *http.ServeMux, cfg config, st *store, pw *hasher, logger *sl
 	mux.Handle("POST /api/auth/resend-verification", limited(handleResendVerification(cfg, st, logger)))
 
 	mux.Handle("GET /api/users/me", authed(handleMe()))
-	mux.Handle("GET /api/users/me/sessions", authed(handleListSessions(st, logger)))
+	mux.Handle("GET /api/users/me/sessions", authed(handleListSessions(cfg, st, logger)))
 	mux.Handle("DELETE /api/users/me/sessions/{id}", authed(handleRevokeSession(st, logger)))
 	mux.Handle("GET /api/users/{id}", authed(handleGetUser(st, logger)))
 	mux.Handle("PUT /api/users/{id}", authed(handleUpdateUser(cfg, st, logger)))

@@ -200,8 +200,9 @@ func (s *store) refresh(ctx context.Context, token string, idle, lifetime, reuse
 	case r.Issued:
 		r.CreatedAt, r.UpdatedAt = r.CreatedAt.UTC(), r.UpdatedAt.UTC()
 		return r.user, r.SessionID, newToken, nil
-	case r.SessionLive && r.IsActive && now.Before(r.TokenExpiresAt) && r.RotatedAt != nil:
+	case r.SessionLive && r.IsActive && now.Before(r.TokenExpiresAt) && r.RotatedAt != nil && now.Sub(*r.RotatedAt) > reuseInterval:
 		// Rotated out longer ago than the reuse interval: a copy of the token is in other hands.
+		// (Within it, a token is refused only when the session's lifetime is over: no theft.)
 		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 			if _, err := s.revokeSession(ctx, tx, r.ID, r.SessionID); err != nil {
 				return err
@@ -254,10 +255,14 @@ func (s *store) endAllSessions(ctx context.Context, userID int64) error {
 	})
 }
 
-// liveSessions lists the user's sessions that are neither revoked nor expired, latest used first.
-func (s *store) liveSessions(ctx context.Context, userID int64) ([]session, error) {
-	rows, _ := s.pool.Query(ctx, `SELECT id, created_at, last_used_at, expires_at, ip, user_agent FROM sessions
-		WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 ORDER BY last_used_at DESC, id DESC`, userID, s.now())
+// liveSessions lists the user's sessions that are neither revoked nor expired, latest used
+// first. A session ends lifetime after its login, even if it began when the lifetime was longer.
+func (s *store) liveSessions(ctx context.Context, userID int64, lifetime time.Duration) ([]session, error) {
+	rows, _ := s.pool.Query(ctx, `SELECT id, created_at, last_used_at, ip, user_agent,
+			LEAST(expires_at, created_at + $3 * interval '1 second') AS expires_at
+		FROM sessions WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2
+			AND created_at + $3 * interval '1 second' > $2
+		ORDER BY last_used_at DESC, id DESC`, userID, s.now(), lifetime.Seconds())
 	sessions, err := pgx.CollectRows(rows, pgx.RowToStructByNameLax[session])
 	if err != nil {
 		return nil, fmt.Errorf("list sessions: %w", err)
@@ -270,14 +275,16 @@ func (s *store) liveSessions(ctx context.Context, userID int64) ([]session, erro
 	return sessions, nil
 }
 
-// sessionUser loads the user of an access token together with whether its session is live:
-// the one query behind every authenticated request.
-func (s *store) sessionUser(ctx context.Context, userID, sessionID int64) (user, bool, error) {
+// sessionUser loads the user of an access token together with whether its session is live
+// (not revoked, not expired, within lifetime of its login): the one query behind every
+// authenticated request.
+func (s *store) sessionUser(ctx context.Context, userID, sessionID int64, lifetime time.Duration) (user, bool, error) {
 	var u user
 	var live bool
+	now := s.now()
 	err := scanUser(s.pool.QueryRow(ctx, "SELECT "+userColumns+`, EXISTS (SELECT 1 FROM sessions
-		WHERE id = $2 AND user_id = $1 AND revoked_at IS NULL AND expires_at > $3)
-		FROM users WHERE id = $1`, userID, sessionID, s.now()), &u, &live)
+		WHERE id = $2 AND user_id = $1 AND revoked_at IS NULL AND expires_at > $3 AND created_at > $4)
+		FROM users WHERE id = $1`, userID, sessionID, now, now.Add(-lifetime)), &u, &live)
 	return u, live, err
 }
 
@@ -324,9 +331,9 @@ func handleLogoutAll(st *store, logger *slog.Logger) http.Handler {
 	})
 }
 
-func handleListSessions(st *store, logger *slog.Logger) http.Handler {
+func handleListSessions(cfg config, st *store, logger *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		sessions, err := st.liveSessions(r.Context(), currentUser(r.Context()).ID)
+		sessions, err := st.liveSessions(r.Context(), currentUser(r.Context()).ID, cfg.sessionLifetime)
 		if err != nil {
 			writeError(w, r, logger, err)
 			return

@@ -294,9 +294,25 @@ func TestSessionLifetimeIsAbsolute(t *testing.T) {
 		env.clock.Advance(20 * time.Hour)
 		p = env.expectLive(t, p)
 		env.clock.Advance(20 * time.Hour)
+		next := pairOf(t, env.refresh(t, p.refresh)) // under the old lifetime; p.refresh is rotated out
 		cfg := env.cfg
 		cfg.sessionLifetime = 24 * time.Hour
-		env.anotherInstance(t, cfg).refresh(t, p.refresh).expect(t, http.StatusUnauthorized)
+		lowered := env.anotherInstance(t, cfg)
+		lowered.expectEnded(t, next)
+		// A retry of the refresh just made is refused as well, but it is no theft: nothing is
+		// revoked, and the session lives on where the old lifetime holds.
+		lowered.refresh(t, p.refresh).expect(t, http.StatusUnauthorized)
+		if n := env.sqlCount(t, "SELECT count(*) FROM audit_log WHERE action = $1", auditRefreshTokenReused); n != 0 {
+			t.Errorf("%d refresh_token_reused rows, want none", n)
+		}
+		_, claims := tokenParts(t, next.access)
+		old := claims.Session
+		env.expectLive(t, next)
+		for _, s := range lowered.sessionList(t, lowered.loginPair(t, "alice").access) {
+			if s["id"] == float64(old) {
+				t.Errorf("session %d listed past its lifetime: %v", old, s)
+			}
+		}
 	})
 	t.Run("shorter than the idle limit", func(t *testing.T) {
 		env := newTestEnv(t, limits(24*time.Hour, time.Hour))
