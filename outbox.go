@@ -16,13 +16,13 @@ import (
 // dies mid-send the lock goes with it and the message is sent again later: at least once,
 // never zero times.
 
-// enqueueMail queues a message of kind to the address inside tx.
-func (s *store) enqueueMail(ctx context.Context, tx pgx.Tx, kind, to string, d mailData) error {
+// enqueueMail queues a message of kind, about the user userID, to the address inside tx.
+func (s *store) enqueueMail(ctx context.Context, tx pgx.Tx, kind string, userID int64, to string, d mailData) error {
 	if d.Token != "" {
 		d.Sealed = s.sealer.seal(d.Token)
 	}
-	_, err := tx.Exec(ctx, `INSERT INTO mail_outbox (kind, recipient, data, created_at, next_attempt_at)
-		VALUES ($1, $2, $3, $4, $4)`, kind, to, d, s.now())
+	_, err := tx.Exec(ctx, `INSERT INTO mail_outbox (kind, user_id, recipient, data, created_at, next_attempt_at)
+		VALUES ($1, $2, $3, $4, $5, $5)`, kind, userID, to, d, s.now())
 	if err != nil {
 		return fmt.Errorf("queue %s mail: %w", kind, err)
 	}

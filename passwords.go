@@ -21,6 +21,16 @@ const (
 // errMailCapped means the account was sent as many mails of a kind as allowed for now.
 var errMailCapped = errors.New("mail cap reached")
 
+// checkAddressCap returns errMailCapped when u's address has had its share of mail about
+// other users lately (see addressCapEnd): accounts taking turns with an address cannot flood it.
+func (s *store) checkAddressCap(ctx context.Context, tx pgx.Tx, u user) error {
+	capEnd, err := s.addressCapEnd(ctx, tx, u.Email, u.ID)
+	if err == nil && capEnd.After(s.now()) {
+		err = errMailCapped
+	}
+	return err
+}
+
 // checkMailCap returns errMailCapped when the user's recent audit rows of action (one per
 // mail sent) reach the cap.
 func (s *store) checkMailCap(ctx context.Context, tx pgx.Tx, userID int64, action string) error {
@@ -55,7 +65,7 @@ func (s *store) createResetToken(ctx context.Context, email string, ttl time.Dur
 		}
 		d := newMailData(u)
 		d.Token, d.Expires = token, humanDuration(ttl)
-		if err := s.enqueueMail(ctx, tx, mailPasswordReset, u.Email, d); err != nil {
+		if err := s.enqueueMail(ctx, tx, mailPasswordReset, u.ID, u.Email, d); err != nil {
 			return err
 		}
 		return s.audit(ctx, tx, auditPasswordResetRequest, 0, u.ID, nil)
@@ -74,6 +84,9 @@ func (s *store) sendAskedMail(ctx context.Context, lookup, email, action string,
 		u, err := queryUser(ctx, tx, lookup, email)
 		if err == nil {
 			err = s.checkMailCap(ctx, tx, u.ID, action)
+		}
+		if err == nil {
+			err = s.checkAddressCap(ctx, tx, u)
 		}
 		if errors.Is(err, errNotFound) || errors.Is(err, errMailCapped) {
 			notSent = err

@@ -123,7 +123,9 @@ CREATE TABLE IF NOT EXISTS mail_outbox (
 );
 CREATE INDEX IF NOT EXISTS mail_outbox_due_idx ON mail_outbox (next_attempt_at)
     WHERE sent_at IS NULL AND failed_at IS NULL;
--- The mail an address was sent lately, for the cap on changes of address.
+-- The user a message is about (added after the first release; no foreign key: the user may be
+-- deleted before the message is sent), and the mail an address was sent lately, for the caps.
+ALTER TABLE mail_outbox ADD COLUMN IF NOT EXISTS user_id bigint;
 CREATE INDEX IF NOT EXISTS mail_outbox_recipient_idx ON mail_outbox (lower(recipient), created_at);
 
 -- The digest of the schema last applied: a start with the same schema.sql runs no DDL.

@@ -171,14 +171,12 @@ func (s *store) createUser(ctx context.Context, u newUser, passwordHash string, 
 		}
 		// An address that was sent its share of mail lately gets no more: registering with it
 		// must not be a way round the cap. The user can ask for the mail again later.
-		capEnd, err := s.addressCapEnd(ctx, tx, u.Email)
-		if err != nil {
-			return err
-		}
-		if capEnd.After(s.now()) {
+		created := user{ID: id, Username: u.Username, FirstName: u.FirstName, Email: u.Email}
+		err = s.checkAddressCap(ctx, tx, created)
+		if errors.Is(err, errMailCapped) {
 			err = s.audit(ctx, tx, auditMailNotSent, 0, id, map[string]any{"for": auditVerificationRequested})
-		} else {
-			err = s.queueVerification(ctx, tx, user{ID: id, Username: u.Username, FirstName: u.FirstName, Email: u.Email}, verifyTTL)
+		} else if err == nil {
+			err = s.queueVerification(ctx, tx, created, verifyTTL)
 		}
 		if err != nil {
 			return err

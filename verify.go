@@ -28,7 +28,7 @@ func (s *store) queueVerification(ctx context.Context, tx pgx.Tx, u user, ttl ti
 	}
 	d := newMailData(u)
 	d.Token, d.Expires = token, humanDuration(ttl)
-	if err := s.enqueueMail(ctx, tx, mailVerifyEmail, u.Email, d); err != nil {
+	if err := s.enqueueMail(ctx, tx, mailVerifyEmail, u.ID, u.Email, d); err != nil {
 		return err
 	}
 	return s.audit(ctx, tx, auditVerificationRequested, 0, u.ID, nil)
@@ -82,11 +82,11 @@ func (s *store) verifyEmail(ctx context.Context, token string) error {
 }
 
 // Caps on the mail users can make the service send to an address by changing to it and away
-// (each change mails the new address and the old one) or by registering with it, so that no
-// mailbox can be flooded, from one account or from many.
+// (each change mails the new address and the old one), registering with it, or asking for
+// resets and verification, so that no mailbox can be flooded, from one account or from many.
 const (
 	emailChangesPerHour    = 5  // a user's own changes of address
-	mailsPerAddressPerHour = 10 // all mail to an address, past which no change to it is accepted
+	mailsPerAddressPerHour = 10 // mail to an address about other users than the one at hand
 )
 
 var errEmailChangesCapped = fail(errTooMany, "Too many email changes; try again later")
@@ -99,7 +99,7 @@ func (s *store) checkEmailChangeCap(ctx context.Context, tx pgx.Tx, userID int64
 	if err != nil {
 		return err
 	}
-	addressEnd, err := s.addressCapEnd(ctx, tx, email)
+	addressEnd, err := s.addressCapEnd(ctx, tx, email, userID)
 	if err != nil {
 		return err
 	}
@@ -113,9 +113,12 @@ func (s *store) checkEmailChangeCap(ctx context.Context, tx pgx.Tx, userID int64
 	return nil
 }
 
-// addressCapEnd is when the cap on mail to email lifts; zero or past when it does not hold.
-func (s *store) addressCapEnd(ctx context.Context, tx pgx.Tx, email string) (time.Time, error) {
-	return s.hourCapEnd(ctx, tx, mailsPerAddressPerHour, "FROM mail_outbox WHERE lower(recipient) = lower($3)", email)
+// addressCapEnd is when the cap on mail to email lifts for mail about the user userID; zero or
+// past when it does not hold. Mail about that user does not count: an owner's own resends
+// never keep them from their address, while accounts taking turns with it are capped.
+func (s *store) addressCapEnd(ctx context.Context, tx pgx.Tx, email string, userID int64) (time.Time, error) {
+	return s.hourCapEnd(ctx, tx, mailsPerAddressPerHour,
+		"FROM mail_outbox WHERE lower(recipient) = lower($3) AND user_id IS DISTINCT FROM $4", email, userID)
 }
 
 // hourCapEnd is when a cap of limit events an hour lifts: an hour after the limit-th latest
@@ -140,10 +143,19 @@ func (s *store) mailEmailChange(ctx context.Context, tx pgx.Tx, before, after us
 	if strings.EqualFold(before.Email, after.Email) {
 		return nil // a change of case only: the same mailbox
 	}
-	d := newMailData(before)
-	d.NewEmail = after.Email
-	if err := s.enqueueMail(ctx, tx, mailEmailChanged, before.Email, d); err != nil {
+	// The old address is told, unless it was never verified (the account never showed it
+	// owns it) and has had its share of mail: else registering with an address and changing
+	// away, over and over, would flood it.
+	capEnd, err := s.addressCapEnd(ctx, tx, before.Email, before.ID)
+	if err != nil {
 		return err
+	}
+	if before.EmailVerified || !capEnd.After(s.now()) {
+		d := newMailData(before)
+		d.NewEmail = after.Email
+		if err := s.enqueueMail(ctx, tx, mailEmailChanged, before.ID, before.Email, d); err != nil {
+			return err
+		}
 	}
 	if after.EmailVerified {
 		return nil
@@ -159,7 +171,7 @@ func (s *store) mailPasswordChanged(ctx context.Context, tx pgx.Tx, userID int64
 	}
 	d := newMailData(u)
 	d.How = how
-	return s.enqueueMail(ctx, tx, mailPasswordChanged, u.Email, d)
+	return s.enqueueMail(ctx, tx, mailPasswordChanged, u.ID, u.Email, d)
 }
 
 // humanDuration writes a token lifetime for people: "1 hour", "24 hours", "90 minutes".
