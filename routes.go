@@ -23,7 +23,7 @@ func addRoutes(mux *http.ServeMux, cfg config, st *store, pw *hasher, logger *sl
 	mux.Handle("POST /api/auth/register", limited(handleRegister(cfg, st, pw, logger)))
 	mux.Handle("POST /api/auth/login", limited(handleLogin(cfg, st, pw, logger)))
 	mux.Handle("POST /api/auth/refresh", limited(handleRefresh(cfg, st, logger)))
-	mux.Handle("POST /api/auth/logout", authed(handleLogout(st, logger)))
+	mux.Handle("POST /api/auth/logout", authed(handleLogout(cfg, st, logger)))
 	mux.Handle("POST /api/auth/logout-all", authed(handleLogoutAll(st, logger)))
 	mux.Handle("POST /api/auth/password-reset-request", limited(handlePasswordResetRequest(cfg, st, logger)))
 	mux.Handle("POST /api/auth/reset-password/{token}", limited(handleResetPassword(cfg, st, pw, logger)))
@@ -33,7 +33,7 @@ func addRoutes(mux *http.ServeMux, cfg config, st *store, pw *hasher, logger *sl
 
 	mux.Handle("GET /api/users/me", authed(handleMe()))
 	mux.Handle("GET /api/users/me/sessions", authed(handleListSessions(cfg, st, logger)))
-	mux.Handle("DELETE /api/users/me/sessions/{id}", authed(handleRevokeSession(st, logger)))
+	mux.Handle("DELETE /api/users/me/sessions/{id}", authed(handleRevokeSession(cfg, st, logger)))
 	mux.Handle("GET /api/users/{id}", authed(handleGetUser(st, logger)))
 	mux.Handle("PUT /api/users/{id}", authed(handleUpdateUser(cfg, st, logger)))
 	mux.Handle("PATCH /api/users/{id}", authed(handleUpdateUser(cfg, st, logger)))

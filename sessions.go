@@ -204,7 +204,7 @@ func (s *store) refresh(ctx context.Context, token string, idle, lifetime, reuse
 		// Rotated out longer ago than the reuse interval: a copy of the token is in other hands.
 		// (Within it, a token is refused only when the session's lifetime is over: no theft.)
 		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-			if _, err := s.revokeSession(ctx, tx, r.ID, r.SessionID); err != nil {
+			if _, err := s.revokeSession(ctx, tx, r.ID, r.SessionID, lifetime); err != nil {
 				return err
 			}
 			return s.audit(ctx, tx, auditRefreshTokenReused, 0, r.ID, map[string]any{"session_id": r.SessionID})
@@ -223,18 +223,20 @@ func (s *store) revokeSessions(ctx context.Context, tx pgx.Tx, userID, except in
 	return err
 }
 
-// revokeSession revokes one live session of the user and reports whether there was one.
-func (s *store) revokeSession(ctx context.Context, tx pgx.Tx, userID, sessionID int64) (bool, error) {
-	tag, err := tx.Exec(ctx, "UPDATE sessions SET revoked_at = $3 WHERE id = $2 AND user_id = $1 AND revoked_at IS NULL",
-		userID, sessionID, s.now())
+// revokeSession revokes one live session of the user (not revoked, not expired, within
+// lifetime of its login) and reports whether there was one.
+func (s *store) revokeSession(ctx context.Context, tx pgx.Tx, userID, sessionID int64, lifetime time.Duration) (bool, error) {
+	now := s.now()
+	tag, err := tx.Exec(ctx, `UPDATE sessions SET revoked_at = $3 WHERE id = $2 AND user_id = $1 AND revoked_at IS NULL
+		AND expires_at > $3 AND created_at > $4`, userID, sessionID, now, now.Add(-lifetime))
 	return tag.RowsAffected() == 1, err
 }
 
 // endSession revokes one session of the user (logout, or revocation from the session list),
 // recording action. Another user's session, or one already ended, is errNotFound.
-func (s *store) endSession(ctx context.Context, userID, sessionID int64, action string) error {
+func (s *store) endSession(ctx context.Context, userID, sessionID int64, action string, lifetime time.Duration) error {
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		found, err := s.revokeSession(ctx, tx, userID, sessionID)
+		found, err := s.revokeSession(ctx, tx, userID, sessionID, lifetime)
 		if err != nil {
 			return err
 		}
@@ -311,9 +313,10 @@ func handleRefresh(cfg config, st *store, logger *slog.Logger) http.Handler {
 	})
 }
 
-func handleLogout(st *store, logger *slog.Logger) http.Handler {
+func handleLogout(cfg config, st *store, logger *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := st.endSession(r.Context(), currentUser(r.Context()).ID, currentSession(r.Context()), auditLogout); err != nil {
+		err := st.endSession(r.Context(), currentUser(r.Context()).ID, currentSession(r.Context()), auditLogout, cfg.sessionLifetime)
+		if err != nil {
 			writeError(w, r, logger, err)
 			return
 		}
@@ -345,11 +348,11 @@ func handleListSessions(cfg config, st *store, logger *slog.Logger) http.Handler
 	})
 }
 
-func handleRevokeSession(st *store, logger *slog.Logger) http.Handler {
+func handleRevokeSession(cfg config, st *store, logger *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		err := fail(errInvalid, "Session id must be a positive integer")
 		if id, ok := parseID(r.PathValue("id")); ok {
-			err = st.endSession(r.Context(), currentUser(r.Context()).ID, id, auditSessionRevoked)
+			err = st.endSession(r.Context(), currentUser(r.Context()).ID, id, auditSessionRevoked, cfg.sessionLifetime)
 		}
 		if err != nil {
 			writeError(w, r, logger, err)

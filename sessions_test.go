@@ -308,11 +308,13 @@ func TestSessionLifetimeIsAbsolute(t *testing.T) {
 		_, claims := tokenParts(t, next.access)
 		old := claims.Session
 		env.expectLive(t, next)
-		for _, s := range lowered.sessionList(t, lowered.loginPair(t, "alice").access) {
+		fresh := lowered.loginPair(t, "alice")
+		for _, s := range lowered.sessionList(t, fresh.access) {
 			if s["id"] == float64(old) {
 				t.Errorf("session %d listed past its lifetime: %v", old, s)
 			}
 		}
+		lowered.do(t, "DELETE", fmt.Sprintf("/api/users/me/sessions/%d", old), fresh.access, nil).expect(t, http.StatusNotFound)
 	})
 	t.Run("shorter than the idle limit", func(t *testing.T) {
 		env := newTestEnv(t, limits(24*time.Hour, time.Hour))
