@@ -126,7 +126,9 @@ CREATE INDEX IF NOT EXISTS mail_outbox_due_idx ON mail_outbox (next_attempt_at)
 -- The user a message is about (added after the first release; no foreign key: the user may be
 -- deleted before the message is sent), and the mail an address was sent lately, for the caps.
 ALTER TABLE mail_outbox ADD COLUMN IF NOT EXISTS user_id bigint;
+UPDATE mail_outbox o SET user_id = u.id FROM users u WHERE o.user_id IS NULL AND lower(u.email) = lower(o.recipient);
 CREATE INDEX IF NOT EXISTS mail_outbox_recipient_idx ON mail_outbox (lower(recipient), created_at);
+CREATE INDEX IF NOT EXISTS mail_outbox_user_idx ON mail_outbox (user_id, created_at);
 
 -- The digest of the schema last applied: a start with the same schema.sql runs no DDL.
 CREATE TABLE IF NOT EXISTS schema_version (

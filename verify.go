@@ -163,10 +163,20 @@ func (s *store) mailEmailChange(ctx context.Context, tx pgx.Tx, before, after us
 	return s.queueVerification(ctx, tx, after, verifyTTL)
 }
 
-// mailPasswordChanged queues the notice that the user's password was changed or reset.
+// passwordNoticesPerHour bounds the notices of changed passwords an account is sent: the
+// first tells the owner, and changing a password over and over must not flood an address.
+const passwordNoticesPerHour = 5
+
+// mailPasswordChanged queues the notice that the user's password was changed or reset, unless
+// the account had its share of them in the past hour.
 func (s *store) mailPasswordChanged(ctx context.Context, tx pgx.Tx, userID int64, how string) error {
 	u, err := queryUser(ctx, tx, "SELECT "+userColumns+" FROM users WHERE id = $1", userID)
 	if err != nil {
+		return err
+	}
+	capEnd, err := s.hourCapEnd(ctx, tx, passwordNoticesPerHour, "FROM mail_outbox WHERE kind = $3 AND user_id = $4",
+		mailPasswordChanged, u.ID)
+	if err != nil || capEnd.After(s.now()) {
 		return err
 	}
 	d := newMailData(u)

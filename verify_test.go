@@ -437,4 +437,27 @@ func TestPasswordChangedNotice(t *testing.T) {
 			env.login(t, "alice", "another-password")
 		})
 	}
+	// Changing a password over and over cannot flood the address: five notices an hour.
+	t.Run("capped", func(t *testing.T) {
+		t.Parallel()
+		env := newTestEnv(t)
+		alice := env.addUser(t, "alice", roleUser)
+		env.deliverMail(t)
+		passwords := []string{testPassword, "another-password"}
+		for i := range passwordNoticesPerHour + 3 {
+			r := env.do(t, "POST", "/api/auth/change-password", env.tokenFor(t, usersReload(t, env, alice)),
+				map[string]string{"current_password": passwords[i%2], "new_password": passwords[(i+1)%2]})
+			r.expect(t, http.StatusOK)
+		}
+		if n := len(mailsOf(env.deliverMail(t), mailPasswordChanged, "alice@example.com")); n != passwordNoticesPerHour {
+			t.Errorf("%d notices, want %d", n, passwordNoticesPerHour)
+		}
+		env.clock.Advance(time.Hour + time.Second)
+		env.do(t, "POST", "/api/auth/change-password", env.tokenFor(t, usersReload(t, env, alice)),
+			map[string]string{"current_password": passwords[(passwordNoticesPerHour+3)%2], "new_password": "third-password"}).
+			expect(t, http.StatusOK)
+		if n := len(mailsOf(env.deliverMail(t), mailPasswordChanged, "alice@example.com")); n != 1 {
+			t.Errorf("%d notices an hour later, want 1", n)
+		}
+	})
 }
