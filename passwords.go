@@ -31,6 +31,14 @@ func (s *store) checkAddressCap(ctx context.Context, tx pgx.Tx, u user) error {
 	return err
 }
 
+// ignoreMailCapped is err, unless it only says that a mail was not sent for its cap.
+func ignoreMailCapped(err error) error {
+	if errors.Is(err, errMailCapped) {
+		return nil
+	}
+	return err
+}
+
 // checkMailCap returns errMailCapped when the user's recent audit rows of action (one per
 // mail sent) reach the cap.
 func (s *store) checkMailCap(ctx context.Context, tx pgx.Tx, userID int64, action string) error {

@@ -168,7 +168,8 @@ func (s *store) mailEmailChange(ctx context.Context, tx pgx.Tx, before, after us
 const passwordNoticesPerHour = 5
 
 // mailPasswordChanged queues the notice that the user's password was changed or reset, unless
-// the account had its share of them in the past hour.
+// the account had its share of them in the past hour, or its address was never verified and
+// is past its cap (as for the notice of a change of address).
 func (s *store) mailPasswordChanged(ctx context.Context, tx pgx.Tx, userID int64, how string) error {
 	u, err := queryUser(ctx, tx, "SELECT "+userColumns+" FROM users WHERE id = $1", userID)
 	if err != nil {
@@ -178,6 +179,11 @@ func (s *store) mailPasswordChanged(ctx context.Context, tx pgx.Tx, userID int64
 		mailPasswordChanged, u.ID)
 	if err != nil || capEnd.After(s.now()) {
 		return err
+	}
+	if !u.EmailVerified {
+		if err := s.checkAddressCap(ctx, tx, u); err != nil {
+			return ignoreMailCapped(err)
+		}
 	}
 	d := newMailData(u)
 	d.How = how

@@ -331,13 +331,15 @@ func TestEmailChangeCapped(t *testing.T) {
 		if n := len(mailsOf(env.deliverMail(t), mailVerifyEmail, "victim@example.org")); n != mailsPerAddressPerHour/2 {
 			t.Errorf("%d verification mails to the victim, want %d", n, mailsPerAddressPerHour/2)
 		}
-		// Nor do resends, resets, or the notice of a change away from the unverified address:
-		// the same replies as ever, and no mail.
+		// Nor do resends, resets, or the notices of a changed password or of a change away
+		// from the unverified address: the same replies as ever, and no mail.
 		flooder10 := user{ID: int64(r.json(t)["id"].(float64)), Username: "flooder10"}
 		env.clock.Advance(time.Minute + time.Second)
 		for _, path := range []string{"/api/auth/resend-verification", "/api/auth/password-reset-request"} {
 			env.do(t, "POST", path, "", map[string]string{"email": "victim@example.org"}).expect(t, http.StatusOK)
 		}
+		env.do(t, "POST", "/api/auth/change-password", env.tokenFor(t, usersReload(t, env, flooder10)),
+			map[string]string{"current_password": testPassword, "new_password": "another-password"}).expect(t, http.StatusOK)
 		change(t, env.tokenFor(t, usersReload(t, env, flooder10)), flooder10, "flooder10@example.com").expect(t, http.StatusOK)
 		for _, m := range env.deliverMail(t) {
 			if m.to == "victim@example.org" {
