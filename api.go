@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"mime"
 	"net"
 	"net/http"
 	"reflect"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -77,23 +79,19 @@ func invalidFields(fields map[string]string) error {
 	return &clientError{kind: errInvalid, message: "Validation failed", fields: fields}
 }
 
-// waitError refuses a request until a time (a lockout, a cap): err is the reply, and
-// explainWait adds the Retry-After header.
+// waitError refuses a request for a while (a lockout, a cap, a rate limit): err is the
+// reply, and writeError tells the client in Retry-After when to come back.
 type waitError struct {
-	until time.Time
-	err   error
+	wait time.Duration
+	err  error
 }
 
 func (e waitError) Error() string { return e.err.Error() }
 func (e waitError) Unwrap() error { return e.err }
 
-// explainWait tells the client of a waitError when to come back.
-func explainWait(w http.ResponseWriter, st *store, err error) error {
-	var wait waitError
-	if errors.As(err, &wait) {
-		w.Header().Set("Retry-After", retryAfterSeconds(wait.until.Sub(st.now())))
-	}
-	return err
+// retryAfterSeconds renders a wait as a Retry-After value, rounding up.
+func retryAfterSeconds(d time.Duration) string {
+	return strconv.Itoa(int(math.Ceil(max(d, time.Second).Seconds())))
 }
 
 type errorBody struct {
@@ -132,9 +130,11 @@ func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err
 	case http.StatusUnauthorized:
 		w.Header().Set("WWW-Authenticate", `Bearer realm="usermgmt"`)
 	case http.StatusServiceUnavailable, http.StatusTooManyRequests:
-		if w.Header().Get("Retry-After") == "" {
-			w.Header().Set("Retry-After", "5")
+		retryAfter := "5"
+		if wait := (waitError{}); errors.As(err, &wait) {
+			retryAfter = retryAfterSeconds(wait.wait)
 		}
+		w.Header().Set("Retry-After", retryAfter)
 	}
 	writeJSON(w, status, body)
 }

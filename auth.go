@@ -113,7 +113,7 @@ func handleLogin(cfg config, st *store, pw *hasher, logger *slog.Logger) http.Ha
 		}
 		resp, err := login(r.Context(), cfg, st, pw, req)
 		if err != nil {
-			writeError(w, r, logger, explainWait(w, st, err))
+			writeError(w, r, logger, err)
 			return
 		}
 		writeJSON(w, http.StatusOK, resp)
@@ -290,7 +290,7 @@ func handleChangePassword(cfg config, st *store, pw *hasher, logger *slog.Logger
 			version, err = st.changePassword(r.Context(), me, hash, sessionID)
 		}
 		if err != nil {
-			writeError(w, r, logger, explainWait(w, st, err))
+			writeError(w, r, logger, err)
 			return
 		}
 		writeJSON(w, http.StatusOK, struct {

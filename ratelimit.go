@@ -4,11 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"math"
 	"net"
 	"net/http"
 	"net/netip"
-	"strconv"
 	"strings"
 	"time"
 
@@ -125,7 +123,7 @@ func limitAuth(cfg config, st *store, logger *slog.Logger) func(http.Handler) ht
 			return next
 		}
 		perSecond := float64(cfg.authRateLimit) / 60
-		retryAfter := strconv.Itoa(int(math.Ceil(1 / perSecond)))
+		refill := time.Duration(float64(time.Second) / perSecond) // until the bucket has a token again
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			allowed, err := st.takeToken(r.Context(), "auth:"+originOf(r.Context()).network, float64(cfg.authRateBurst), perSecond)
 			if err != nil {
@@ -133,8 +131,7 @@ func limitAuth(cfg config, st *store, logger *slog.Logger) func(http.Handler) ht
 				return
 			}
 			if !allowed {
-				w.Header().Set("Retry-After", retryAfter)
-				writeError(w, r, logger, fail(errTooMany, "Too many requests, slow down"))
+				writeError(w, r, logger, waitError{refill, fail(errTooMany, "Too many requests, slow down")})
 				return
 			}
 			next.ServeHTTP(w, r)
@@ -175,9 +172,4 @@ func (s *store) takeToken(ctx context.Context, key string, burst, perSecond floa
 		return false, fmt.Errorf("rate limit: %w", err)
 	}
 	return taken == 1, nil
-}
-
-// retryAfterSeconds renders a wait as a Retry-After value, rounding up.
-func retryAfterSeconds(d time.Duration) string {
-	return strconv.Itoa(int(math.Ceil(max(d, time.Second).Seconds())))
 }

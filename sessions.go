@@ -92,7 +92,7 @@ func (s *store) reserveLoginAttempt(ctx context.Context, login string, maxFailur
 		case counted:
 			return nil
 		case lockedUntil.After(s.now()):
-			return waitError{lockedUntil, errLockedOut}
+			return waitError{lockedUntil.Sub(s.now()), errLockedOut}
 		}
 		// A successful login lifted the lock, or it ran out, between the two statements of
 		// countLoginAttempt: count the attempt afresh.

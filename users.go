@@ -85,7 +85,7 @@ func handleUpdateUser(cfg config, st *store, logger *slog.Logger) http.Handler {
 			u, err = st.updateUser(r.Context(), currentUser(r.Context()), id, patch, cfg.verifyTTL)
 		}
 		if err != nil {
-			writeError(w, r, logger, explainWait(w, st, userNotFound(err)))
+			writeError(w, r, logger, userNotFound(err))
 			return
 		}
 		writeJSON(w, http.StatusOK, u)

@@ -108,7 +108,7 @@ func (s *store) checkEmailChangeCap(ctx context.Context, tx pgx.Tx, userID int64
 		until = addressEnd
 	}
 	if until.After(s.now()) {
-		return waitError{until, errEmailChangesCapped}
+		return waitError{until.Sub(s.now()), errEmailChangesCapped}
 	}
 	return nil
 }
