@@ -111,6 +111,22 @@ func (s *store) sendAskedMail(ctx context.Context, lookup, email, action string,
 	return err
 }
 
+// consumeToken deletes the user's unexpired token from table (password_reset_tokens or
+// email_verification_tokens), after the caller locked the user. A concurrent use of the same
+// token, or a change that voided it since it was looked up, leaves nothing to delete: then
+// the caller's transaction is undone with invalid.
+func (s *store) consumeToken(ctx context.Context, tx pgx.Tx, table, token string, userID int64, invalid error) error {
+	tag, err := tx.Exec(ctx, "DELETE FROM "+table+" WHERE token_hash = $1 AND user_id = $2 AND expires_at > $3",
+		hashToken(token), userID, s.now())
+	if err != nil {
+		return fmt.Errorf("consume token: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return invalid
+	}
+	return nil
+}
+
 // resetPassword consumes a reset token and sets the password to the hash newHash returns.
 // newHash runs only for a good token, so bad tokens cost no bcrypt work, and before the
 // transaction, so no lock is held while it runs. A token works once; an unknown or expired
@@ -141,15 +157,8 @@ func (s *store) resetPassword(ctx context.Context, token string, newHash func() 
 		if tag.RowsAffected() == 0 {
 			return invalid // the account was deactivated after the token was issued
 		}
-		// Consumed now; a concurrent use of the same token, or a change that voided it since
-		// it was looked up, leaves nothing to delete, and the whole reset is undone.
-		tag, err = tx.Exec(ctx, "DELETE FROM password_reset_tokens WHERE token_hash = $1 AND user_id = $2 AND expires_at > $3",
-			hashToken(token), userID, s.now())
-		if err != nil {
-			return fmt.Errorf("consume reset token: %w", err)
-		}
-		if tag.RowsAffected() == 0 {
-			return invalid
+		if err := s.consumeToken(ctx, tx, "password_reset_tokens", token, userID, invalid); err != nil {
+			return err
 		}
 		if err := s.revokeSessions(ctx, tx, userID, 0); err != nil {
 			return err

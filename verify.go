@@ -67,15 +67,8 @@ func (s *store) verifyEmail(ctx context.Context, token string) error {
 		if tag.RowsAffected() == 0 {
 			return invalid // the address changed after the token was mailed
 		}
-		// Consumed now; a concurrent use, or a newer token that replaced it, leaves nothing
-		// to delete, and the verification is undone.
-		tag, err = tx.Exec(ctx, "DELETE FROM email_verification_tokens WHERE token_hash = $1 AND user_id = $2 AND expires_at > $3",
-			hashToken(token), userID, s.now())
-		if err != nil {
-			return fmt.Errorf("consume verification token: %w", err)
-		}
-		if tag.RowsAffected() == 0 {
-			return invalid
+		if err := s.consumeToken(ctx, tx, "email_verification_tokens", token, userID, invalid); err != nil {
+			return err
 		}
 		return s.audit(ctx, tx, auditEmailVerified, userID, userID, map[string]any{"email": email})
 	})
