@@ -18,9 +18,11 @@ import (
 // origin is the client address and user agent of a request, for sessions, limits and audit.
 type origin struct {
 	ip        string // recorded in sessions and the audit log
-	network   string // counted by limits and lockouts: see clientNetwork
 	userAgent string
 }
+
+// network is what limits and lockouts count the client by (see clientNetwork).
+func (o origin) network() string { return clientNetwork(o.ip) }
 
 type originKey struct{}
 
@@ -34,8 +36,7 @@ func originOf(ctx context.Context) origin {
 // walk around the limits.
 func withOrigin(trusted []netip.Prefix, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ip := clientIP(r, trusted)
-		o := origin{ip: ip, network: clientNetwork(ip), userAgent: storableText(r.UserAgent(), 512)}
+		o := origin{ip: clientIP(r, trusted), userAgent: storableText(r.UserAgent(), 512)}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), originKey{}, o)))
 	})
 }
@@ -125,7 +126,7 @@ func limitAuth(cfg config, st *store, logger *slog.Logger) func(http.Handler) ht
 		perSecond := float64(cfg.authRateLimit) / 60
 		refill := time.Duration(float64(time.Second) / perSecond) // until the bucket has a token again
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			allowed, err := st.takeToken(r.Context(), "auth:"+originOf(r.Context()).network, float64(cfg.authRateBurst), perSecond)
+			allowed, err := st.takeToken(r.Context(), "auth:"+originOf(r.Context()).network(), float64(cfg.authRateBurst), perSecond)
 			if err != nil {
 				writeError(w, r, logger, err)
 				return

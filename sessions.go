@@ -102,7 +102,7 @@ func (s *store) reserveLoginAttempt(ctx context.Context, login string, maxFailur
 // countLoginAttempt counts an attempt unless the pair is locked, and then returns the lock's
 // end (zero if it was lifted meanwhile).
 func (s *store) countLoginAttempt(ctx context.Context, login string, maxFailures int) (counted bool, lockedUntil time.Time, err error) {
-	ip, now := originOf(ctx).network, s.now()
+	ip, now := originOf(ctx).network(), s.now()
 	tag, err := s.pool.Exec(ctx, `INSERT INTO login_failures AS f (login, ip, failures, locked_until, updated_at)
 		VALUES ($1, $2, 1, CASE WHEN $4::int <= 1 THEN $3::timestamptz + interval '1 minute' END, $3)
 		ON CONFLICT (login, ip) DO UPDATE SET failures = f.failures + 1, updated_at = $3,
@@ -128,7 +128,7 @@ func (s *store) countLoginAttempt(ctx context.Context, login string, maxFailures
 func forgetLoginFailures(ctx context.Context, db interface {
 	Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
 }, login string) error {
-	_, err := db.Exec(ctx, "DELETE FROM login_failures WHERE login = $1 AND ip = $2", login, originOf(ctx).network)
+	_, err := db.Exec(ctx, "DELETE FROM login_failures WHERE login = $1 AND ip = $2", login, originOf(ctx).network())
 	return err
 }
 
@@ -223,12 +223,22 @@ func (s *store) revokeSessions(ctx context.Context, tx pgx.Tx, userID, except in
 	return err
 }
 
-// revokeSession revokes one live session of the user (not revoked, not expired, within
-// lifetime of its login) and reports whether there was one.
+// sessionIsLive is the SQL condition of a live session: not revoked, not expired, and within
+// its lifetime of its login, even if it began when the lifetime was longer. Its queries take
+// $3 and $4 from liveAt.
+const sessionIsLive = "revoked_at IS NULL AND expires_at > $3 AND created_at > $4"
+
+// liveAt is the arguments $3 and $4 of sessionIsLive: now, and the oldest login still live.
+func (s *store) liveAt(lifetime time.Duration) (now, bornAfter time.Time) {
+	now = s.now()
+	return now, now.Add(-lifetime)
+}
+
+// revokeSession revokes one live session of the user and reports whether there was one.
 func (s *store) revokeSession(ctx context.Context, tx pgx.Tx, userID, sessionID int64, lifetime time.Duration) (bool, error) {
-	now := s.now()
-	tag, err := tx.Exec(ctx, `UPDATE sessions SET revoked_at = $3 WHERE id = $2 AND user_id = $1 AND revoked_at IS NULL
-		AND expires_at > $3 AND created_at > $4`, userID, sessionID, now, now.Add(-lifetime))
+	now, bornAfter := s.liveAt(lifetime)
+	tag, err := tx.Exec(ctx, "UPDATE sessions SET revoked_at = $3 WHERE id = $2 AND user_id = $1 AND "+sessionIsLive,
+		userID, sessionID, now, bornAfter)
 	return tag.RowsAffected() == 1, err
 }
 
@@ -257,14 +267,13 @@ func (s *store) endAllSessions(ctx context.Context, userID int64) error {
 	})
 }
 
-// liveSessions lists the user's sessions that are neither revoked nor expired, latest used
-// first. A session ends lifetime after its login, even if it began when the lifetime was longer.
+// liveSessions lists the user's live sessions, latest used first.
 func (s *store) liveSessions(ctx context.Context, userID int64, lifetime time.Duration) ([]session, error) {
+	now, bornAfter := s.liveAt(lifetime)
 	rows, _ := s.pool.Query(ctx, `SELECT id, created_at, last_used_at, ip, user_agent,
-			LEAST(expires_at, created_at + $3 * interval '1 second') AS expires_at
-		FROM sessions WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2
-			AND created_at + $3 * interval '1 second' > $2
-		ORDER BY last_used_at DESC, id DESC`, userID, s.now(), lifetime.Seconds())
+			LEAST(expires_at, created_at + $2 * interval '1 second') AS expires_at
+		FROM sessions WHERE user_id = $1 AND `+sessionIsLive+`
+		ORDER BY last_used_at DESC, id DESC`, userID, lifetime.Seconds(), now, bornAfter)
 	sessions, err := pgx.CollectRows(rows, pgx.RowToStructByNameLax[session])
 	if err != nil {
 		return nil, fmt.Errorf("list sessions: %w", err)
@@ -277,16 +286,15 @@ func (s *store) liveSessions(ctx context.Context, userID int64, lifetime time.Du
 	return sessions, nil
 }
 
-// sessionUser loads the user of an access token together with whether its session is live
-// (not revoked, not expired, within lifetime of its login): the one query behind every
-// authenticated request.
+// sessionUser loads the user of an access token together with whether its session is live:
+// the one query behind every authenticated request.
 func (s *store) sessionUser(ctx context.Context, userID, sessionID int64, lifetime time.Duration) (user, bool, error) {
 	var u user
 	var live bool
-	now := s.now()
+	now, bornAfter := s.liveAt(lifetime)
 	err := scanUser(s.pool.QueryRow(ctx, "SELECT "+userColumns+`, EXISTS (SELECT 1 FROM sessions
-		WHERE id = $2 AND user_id = $1 AND revoked_at IS NULL AND expires_at > $3 AND created_at > $4)
-		FROM users WHERE id = $1`, userID, sessionID, now, now.Add(-lifetime)), &u, &live)
+		WHERE id = $2 AND user_id = $1 AND `+sessionIsLive+`) FROM users WHERE id = $1`,
+		userID, sessionID, now, bornAfter), &u, &live)
 	return u, live, err
 }
 
