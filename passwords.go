@@ -9,52 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Password resets and changes in the store, and the cap on mail users can ask for.
-
-// Mail a user can have sent by asking (reset, verification) is capped per account, so these
-// endpoints cannot be used to flood a mailbox.
-const (
-	askedMailsPerMinute = 1
-	askedMailsPerHour   = 5
-)
-
-// errMailCapped means the account was sent as many mails of a kind as allowed for now.
-var errMailCapped = errors.New("mail cap reached")
-
-// checkAddressCap returns errMailCapped when u's address has had its share of mail about
-// other users lately (see addressCapEnd): accounts taking turns with an address cannot flood it.
-func (s *store) checkAddressCap(ctx context.Context, tx pgx.Tx, u user) error {
-	capEnd, err := s.addressCapEnd(ctx, tx, u.Email, u.ID)
-	if err == nil && capEnd.After(s.now()) {
-		err = errMailCapped
-	}
-	return err
-}
-
-// ignoreMailCapped is err, unless it only says that a mail was not sent for its cap.
-func ignoreMailCapped(err error) error {
-	if errors.Is(err, errMailCapped) {
-		return nil
-	}
-	return err
-}
-
-// checkMailCap returns errMailCapped when the user's recent audit rows of action (one per
-// mail sent) reach the cap.
-func (s *store) checkMailCap(ctx context.Context, tx pgx.Tx, userID int64, action string) error {
-	var lastMinute, lastHour int
-	now := s.now()
-	err := tx.QueryRow(ctx, `SELECT count(*) FILTER (WHERE created_at > $4), count(*) FROM audit_log
-		WHERE target_id = $1 AND action = $2 AND created_at > $3`,
-		userID, action, now.Add(-time.Hour), now.Add(-time.Minute)).Scan(&lastMinute, &lastHour)
-	if err != nil {
-		return fmt.Errorf("mail cap: %w", err)
-	}
-	if lastMinute >= askedMailsPerMinute || lastHour >= askedMailsPerHour {
-		return errMailCapped
-	}
-	return nil
-}
+// Password resets and changes in the store.
 
 // createResetToken replaces any earlier reset token of the active user with this email by a
 // new one and returns it. Only its SHA-256 is stored. errNotFound when there is no such user,

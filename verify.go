@@ -74,81 +74,20 @@ func (s *store) verifyEmail(ctx context.Context, token string) error {
 	})
 }
 
-// Caps on the mail users can make the service send to an address by changing to it and away
-// (each change mails the new address and the old one), registering with it, or asking for
-// resets and verification, so that no mailbox can be flooded, from one account or from many.
-const (
-	emailChangesPerHour    = 5  // a user's own changes of address
-	mailsPerAddressPerHour = 10 // mail to an address about other users than the one at hand
-)
-
-var errEmailChangesCapped = fail(errTooMany, "Too many email changes; try again later")
-
-// checkEmailChangeCap refuses the user's own change of address to email with a waitError
-// while either cap holds. Changes by an admin to another user's address are not capped.
-func (s *store) checkEmailChangeCap(ctx context.Context, tx pgx.Tx, userID int64, email string) error {
-	ownEnd, err := s.hourCapEnd(ctx, tx, emailChangesPerHour, `FROM audit_log WHERE actor_id = $3 AND target_id = $3
-		AND action = $4 AND details->'fields' ? 'email'`, userID, auditProfileUpdated)
-	if err != nil {
-		return err
-	}
-	addressEnd, err := s.addressCapEnd(ctx, tx, email, userID)
-	if err != nil {
-		return err
-	}
-	until := ownEnd
-	if addressEnd.After(until) {
-		until = addressEnd
-	}
-	if until.After(s.now()) {
-		return waitError{until.Sub(s.now()), errEmailChangesCapped}
-	}
-	return nil
-}
-
-// addressCapEnd is when the cap on mail to email lifts for mail about the user userID; zero or
-// past when it does not hold. Mail about that user does not count: an owner's own resends
-// never keep them from their address, while accounts taking turns with it are capped.
-func (s *store) addressCapEnd(ctx context.Context, tx pgx.Tx, email string, userID int64) (time.Time, error) {
-	return s.hourCapEnd(ctx, tx, mailsPerAddressPerHour,
-		"FROM mail_outbox WHERE lower(recipient) = lower($3) AND user_id IS DISTINCT FROM $4", email, userID)
-}
-
-// hourCapEnd is when a cap of limit events an hour lifts: an hour after the limit-th latest
-// event of the past hour, or zero when there are fewer. from is the FROM and WHERE clause
-// selecting the events (with their created_at), with args as $3 on.
-func (s *store) hourCapEnd(ctx context.Context, tx pgx.Tx, limit int, from string, args ...any) (time.Time, error) {
-	var nth time.Time
-	err := tx.QueryRow(ctx, "SELECT created_at "+from+" AND created_at > $1 ORDER BY created_at DESC OFFSET $2 LIMIT 1",
-		append([]any{s.now().Add(-time.Hour), limit - 1}, args...)...).Scan(&nth)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return time.Time{}, nil
-	}
-	if err != nil {
-		return time.Time{}, fmt.Errorf("mail cap: %w", err)
-	}
-	return nth.Add(time.Hour), nil
-}
-
 // mailEmailChange, after an update, tells the old address of the change and asks the new one
 // to verify itself (unless an admin marked it verified).
 func (s *store) mailEmailChange(ctx context.Context, tx pgx.Tx, before, after user, verifyTTL time.Duration) error {
 	if strings.EqualFold(before.Email, after.Email) {
 		return nil // a change of case only: the same mailbox
 	}
-	// The old address is told, unless it was never verified (the account never showed it
-	// owns it) and has had its share of mail: else registering with an address and changing
-	// away, over and over, would flood it.
-	capEnd, err := s.addressCapEnd(ctx, tx, before.Email, before.ID)
-	if err != nil {
-		return err
-	}
-	if before.EmailVerified || !capEnd.After(s.now()) {
+	err := s.checkNoticeCap(ctx, tx, before)
+	if err == nil {
 		d := newMailData(before)
 		d.NewEmail = after.Email
-		if err := s.enqueueMail(ctx, tx, mailEmailChanged, before.ID, before.Email, d); err != nil {
-			return err
-		}
+		err = s.enqueueMail(ctx, tx, mailEmailChanged, before.ID, before.Email, d)
+	}
+	if err := ignoreMailCapped(err); err != nil {
+		return err
 	}
 	if after.EmailVerified {
 		return nil
@@ -156,27 +95,15 @@ func (s *store) mailEmailChange(ctx context.Context, tx pgx.Tx, before, after us
 	return s.queueVerification(ctx, tx, after, verifyTTL)
 }
 
-// passwordNoticesPerHour bounds the notices of changed passwords an account is sent: the
-// first tells the owner, and changing a password over and over must not flood an address.
-const passwordNoticesPerHour = 5
-
-// mailPasswordChanged queues the notice that the user's password was changed or reset, unless
-// the account had its share of them in the past hour, or its address was never verified and
-// is past its cap (as for the notice of a change of address).
+// mailPasswordChanged queues the notice that the user's password was changed or reset, within
+// its caps.
 func (s *store) mailPasswordChanged(ctx context.Context, tx pgx.Tx, userID int64, how string) error {
 	u, err := queryUser(ctx, tx, "SELECT "+userColumns+" FROM users WHERE id = $1", userID)
 	if err != nil {
 		return err
 	}
-	capEnd, err := s.hourCapEnd(ctx, tx, passwordNoticesPerHour, "FROM mail_outbox WHERE kind = $3 AND user_id = $4",
-		mailPasswordChanged, u.ID)
-	if err != nil || capEnd.After(s.now()) {
-		return err
-	}
-	if !u.EmailVerified {
-		if err := s.checkAddressCap(ctx, tx, u); err != nil {
-			return ignoreMailCapped(err)
-		}
+	if err := s.checkPasswordNoticeCap(ctx, tx, u); err != nil {
+		return ignoreMailCapped(err)
 	}
 	d := newMailData(u)
 	d.How = how
