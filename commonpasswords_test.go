@@ -198,7 +198,7 @@ func TestCreateAdminRefusesGuessable(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			env := newTestEnv(t)
-			out, err := createAdminWith(env.cfg.databaseURL, tt.env, tt.stdin, tt.args...)
+			out, err := createAdminWith(env.cfg.databaseURL, tt.env, strings.NewReader(tt.stdin), tt.args...)
 			if tt.wantErr == "" {
 				if err != nil {
 					t.Fatalf("create-admin: %v; output: %s", err, out)
