@@ -42,7 +42,7 @@ func runCreateAdmin(ctx context.Context, cfg config, st *store, admin newUser, s
 		}
 	}
 	req := registerRequest{admin.Username, admin.FirstName, admin.LastName, admin.Email, password}
-	if problems := req.valid(cfg.passwordMinLength); len(problems) > 0 {
+	if problems := req.valid(cfg.passwordMinLength, cfg.commonPasswords); len(problems) > 0 {
 		return fmt.Errorf("create admin: %s", describeProblems(problems))
 	}
 	hash, err := newHasher(cfg.bcryptCost, 1).hash(ctx, password)

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,14 +21,21 @@ const adminTestPassword = "S3cure-pass"
 // createAdmin runs `usermgmt -env-file= -create-admin args...` on databaseURL with stdin and
 // returns what it printed.
 func createAdmin(databaseURL, stdin string, args ...string) (string, error) {
-	getenv := envOf(map[string]string{
+	return createAdminWith(databaseURL, nil, strings.NewReader(stdin), args...)
+}
+
+// createAdminWith is createAdmin with more settings in the environment, and any stdin.
+func createAdminWith(databaseURL string, settings map[string]string, stdin io.Reader, args ...string) (string, error) {
+	vars := map[string]string{
 		"DATABASE_URL":   databaseURL,
 		"JWT_SECRET_KEY": "admin-test-secret-admin-test-secret-0123",
 		"BCRYPT_COST":    "4",
-	})
+	}
+	maps.Copy(vars, settings)
+	getenv := envOf(vars)
 	var out bytes.Buffer
 	args = append([]string{"usermgmt", "-env-file=", "-create-admin"}, args...)
-	err := run(context.Background(), args, getenv, strings.NewReader(stdin), &out)
+	err := run(context.Background(), args, getenv, stdin, &out)
 	return out.String(), err
 }
 

@@ -458,8 +458,8 @@ func TestResponseHeaders(t *testing.T) {
 	}{
 		{"health", "GET", "/healthz", "", nil, 200},
 		{"register", "POST", "/api/auth/register", "", []byte(`{"username": "bob", "first_name": "B", "last_name": "Ob",
-			"email": "bob@example.com", "password": "password123"}`), 201},
-		{"login", "POST", "/api/auth/login", "", []byte(`{"username": "alice", "password": "password123"}`), 200},
+			"email": "bob@example.com", "password": "` + testPassword + `"}`), 201},
+		{"login", "POST", "/api/auth/login", "", []byte(`{"username": "alice", "password": "` + testPassword + `"}`), 200},
 		{"me", "GET", "/api/users/me", env.tokenFor(t, alice), nil, 200},
 		{"list", "GET", "/api/admin/users", adminToken, nil, 200},
 		{"bad login", "POST", "/api/auth/login", "", []byte(`{"username": "alice", "password": "wrong-password"}`), 401},
@@ -514,8 +514,8 @@ func TestListUsersBadQuery(t *testing.T) {
 func FuzzRegisterBody(f *testing.F) {
 	env := newTestEnv(f)
 	for _, seed := range []string{
-		`{"username": "alice", "first_name": "Alice", "last_name": "A", "email": "alice@example.com", "password": "password123"}`,
-		`{"username": "alice", "first_name": "Alice", "last_name": "A", "email": "ALICE@example.com", "password": "password123"}`,
+		`{"username": "alice", "first_name": "Alice", "last_name": "A", "email": "alice@example.com", "password": "` + testPassword + `"}`,
+		`{"username": "alice", "first_name": "Alice", "last_name": "A", "email": "ALICE@example.com", "password": "` + testPassword + `"}`,
 		`{"username": "b\u0000b", "first_name": "\u0000", "last_name": "\ud800", "email": "b\u0000@example.com", "password": "\u0000\u0000\u0000\u0000\u0000\u0000\u0000\u0000"}`,
 		`{"username": 1, "first_name": {}, "last_name": [], "email": true, "password": null}`,
 		`{"username": "ab", "email": "not-an-address", "password": "short", "role": "Admin"}`,

@@ -26,13 +26,14 @@ type registerRequest struct {
 	Password  string `json:"password"`
 }
 
-func (r registerRequest) valid(passwordMinLength int) map[string]string {
+func (r registerRequest) valid(passwordMinLength int, common commonPasswords) map[string]string {
 	problems := map[string]string{}
 	check(problems, "username", usernameProblem(r.Username))
 	check(problems, "first_name", nameProblem(r.FirstName))
 	check(problems, "last_name", nameProblem(r.LastName))
 	check(problems, "email", emailProblem(r.Email))
 	check(problems, "password", passwordProblem(r.Password, passwordMinLength))
+	checkGuessable(problems, "password", r.Password, common, r.Username, r.Email)
 	return problems
 }
 
@@ -40,7 +41,7 @@ func handleRegister(cfg config, st *store, pw *hasher, logger *slog.Logger) http
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		req, err := decode[registerRequest](w, r)
 		if err == nil {
-			err = invalidFields(req.valid(cfg.passwordMinLength))
+			err = invalidFields(req.valid(cfg.passwordMinLength, cfg.commonPasswords))
 		}
 		if err != nil {
 			writeError(w, r, logger, err)
@@ -232,7 +233,11 @@ func handleResetPassword(cfg config, st *store, pw *hasher, logger *slog.Logger)
 			err = invalidFields(check(map[string]string{}, "new_password", passwordProblem(req.NewPassword, cfg.passwordMinLength)))
 		}
 		if err == nil {
-			err = st.resetPassword(r.Context(), r.PathValue("token"), func() (string, error) {
+			err = st.resetPassword(r.Context(), r.PathValue("token"), func(u user) (string, error) {
+				problems := checkGuessable(map[string]string{}, "new_password", req.NewPassword, cfg.commonPasswords, u.Username, u.Email)
+				if err := invalidFields(problems); err != nil {
+					return "", err
+				}
 				return pw.hash(r.Context(), req.NewPassword)
 			})
 		}
@@ -263,7 +268,7 @@ func handleChangePassword(cfg config, st *store, pw *hasher, logger *slog.Logger
 		me, sessionID := currentUser(r.Context()), currentSession(r.Context())
 		req, err := decode[changePasswordRequest](w, r)
 		if err == nil {
-			err = invalidFields(req.valid(cfg.passwordMinLength))
+			err = invalidFields(checkGuessable(req.valid(cfg.passwordMinLength), "new_password", req.NewPassword, cfg.commonPasswords, me.Username, me.Email))
 		}
 		// Checking the current password is a login in all but name: it shares the login's
 		// lockout, so that a stolen access token cannot be used to guess the password.

@@ -140,6 +140,7 @@ type config struct {
 	resetTTL             time.Duration
 	verifyTTL            time.Duration
 	requireVerifiedEmail bool
+	commonPasswords      commonPasswords // refused as new passwords; nil when PASSWORD_CHECK_COMMON=false
 	mail                 mailConfig
 }
 
@@ -200,6 +201,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		resetTTL:             seconds("PASSWORD_RESET_TOKEN_EXPIRES", 3600),
 		verifyTTL:            seconds("EMAIL_VERIFICATION_EXPIRES", 24*3600),
 		requireVerifiedEmail: boolean("REQUIRE_VERIFIED_EMAIL"),
+		commonPasswords:      commonPasswordsIf(getenv("PASSWORD_CHECK_COMMON") == "" || boolean("PASSWORD_CHECK_COMMON")),
 		mail: mailConfig{
 			server:         getenv("MAIL_SERVER"),
 			username:       getenv("MAIL_USERNAME"),

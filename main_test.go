@@ -24,7 +24,8 @@ import (
 // The test harness: every test gets its own PostgreSQL database, a clock it controls and a
 // server built by newServer, talking real HTTP over a socket.
 
-const testPassword = "password123"
+// testPassword is not on the common-password list, so that every path may set it.
+const testPassword = "tulip-ferry-42"
 
 // adminDatabaseURL is the database the tests connect to in order to create their own: the
 // DATABASE_URL of the environment or of .env, as written by `make test`.
@@ -167,6 +168,7 @@ func testConfig(databaseURL string) config {
 		passwordMinLength:    8,
 		resetTTL:             time.Hour,
 		verifyTTL:            24 * time.Hour,
+		commonPasswords:      loadCommonPasswords(),
 		mail: mailConfig{
 			backend:        mailDummy,
 			sender:         mail.Address{Address: "usermgmt@example.com"},

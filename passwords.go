@@ -82,22 +82,23 @@ func (s *store) consumeToken(ctx context.Context, tx pgx.Tx, table, token string
 	return nil
 }
 
-// resetPassword consumes a reset token and sets the password to the hash newHash returns.
-// newHash runs only for a good token, so bad tokens cost no bcrypt work, and before the
-// transaction, so no lock is held while it runs. A token works once; an unknown or expired
-// one is errInvalid. Every session of the user is revoked.
-func (s *store) resetPassword(ctx context.Context, token string, newHash func() (string, error)) error {
+// resetPassword consumes a reset token and sets the password to the hash newHash returns for
+// the token's user. newHash runs only for a good token, so bad tokens cost no bcrypt work, and
+// before the transaction, so no lock is held while it runs; its error (a password refused for
+// that user) is returned with the token unused, for another try. A token works once; an
+// unknown or expired one is errInvalid. Every session of the user is revoked.
+func (s *store) resetPassword(ctx context.Context, token string, newHash func(user) (string, error)) error {
 	invalid := fail(errInvalid, "Invalid or expired reset token")
-	var userID int64
-	err := s.pool.QueryRow(ctx, "SELECT user_id FROM password_reset_tokens WHERE token_hash = $1 AND expires_at > $2",
-		hashToken(token), s.now()).Scan(&userID)
-	if errors.Is(err, pgx.ErrNoRows) {
+	u, err := queryUser(ctx, s.pool, `SELECT `+qualifiedUserColumns+` FROM password_reset_tokens t
+		JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1 AND t.expires_at > $2`, hashToken(token), s.now())
+	if errors.Is(err, errNotFound) {
 		return invalid
 	}
 	if err != nil {
 		return fmt.Errorf("look up reset token: %w", err)
 	}
-	passwordHash, err := newHash()
+	userID := u.ID
+	passwordHash, err := newHash(u)
 	if err != nil {
 		return err
 	}

@@ -174,7 +174,7 @@ func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 		return addr != ""
 	})
 
-	body := `{"username": "dave", "first_name": "Dave", "last_name": "D", "email": "dave@example.com", "password": "password123"}`
+	body := `{"username": "dave", "first_name": "Dave", "last_name": "D", "email": "dave@example.com", "password": "` + testPassword + `"}`
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
