@@ -59,6 +59,26 @@ func emailProblem(s string) string {
 	return ""
 }
 
+// foldCase is the one definition of "the same username" and "the same address": equal once
+// the ASCII letters A-Z are lowered, and nothing else folded. In SQL it is lower(x COLLATE "C"),
+// which folds A-Z alone whatever the database's collation, in every comparison and in the
+// unique indexes. (strings.EqualFold and a plain lower() each fold their own sets of non-ASCII
+// letters, U+0130, U+017F and U+212A among them, so two values could be one account to the
+// database and two to the code.) It works on bytes, as PostgreSQL does, so that invalid UTF-8
+// cannot make two values equal either.
+func foldCase(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c >= 'A' && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
+}
+
+// sameFold reports whether a and b are the same username, or the same address (see foldCase).
+func sameFold(a, b string) bool { return foldCase(a) == foldCase(b) }
+
 // textProblem rejects what PostgreSQL text cannot hold: NUL bytes and invalid UTF-8. Fields
 // with their own rules already exclude both; this guards free text such as searches.
 func textProblem(s string) string {
