@@ -140,10 +140,11 @@ CREATE INDEX IF NOT EXISTS mail_outbox_recipient_ascii_idx ON mail_outbox (lower
 DROP INDEX IF EXISTS mail_outbox_recipient_idx;
 CREATE INDEX IF NOT EXISTS mail_outbox_user_idx ON mail_outbox (user_id, created_at);
 
--- An address with a character outside printable ASCII stays as it was, so that its account
--- keeps working and can log in with it, but it no longer counts as verified: the old case
+-- Addresses are ASCII only since this version (mail goes out without SMTPUTF8). One that an
+-- earlier version accepted stays as it was, so that its account keeps working and can log in
+-- with it, but it no longer counts as verified: no mail can reach it now, and the old case
 -- folding could carry the verified mark of an address over to a non-ASCII look-alike without
--- any mail (liz@ to l + U+0130 + z@). Its owner, or an admin, has it verified again.
+-- any mail (liz@ to l + U+0130 + z@). Its owner, or an admin, changes it to a deliverable one.
 UPDATE users SET email_verified = false WHERE email_verified AND email COLLATE "C" ~ '[^!-~]';
 
 -- The digest of the schema last applied: a start with the same schema.sql runs no DDL.
