@@ -134,7 +134,7 @@ func login(ctx context.Context, cfg config, st *store, pw *hasher, req loginRequ
 	known := err == nil
 	// The lockout counts per account, whether it is named by username or by email, so the
 	// two do not give an attacker two sets of guesses.
-	key := "login:" + strings.ToLower(req.Username)
+	key := "login:" + foldCase(req.Username)
 	if known {
 		key = accountKey(u.ID)
 	}

@@ -105,6 +105,11 @@ type mailMessage struct {
 // render fills a kind's templates. Links are made here, at sending time, so that a change of
 // PUBLIC_URL applies to queued mail too.
 func render(cfg mailConfig, kind, to string, d mailData) (mailMessage, error) {
+	// A name stored before the name rules could hold bidirectional controls that reorder the
+	// message around it: such a name gives way to the username, which is plain ASCII.
+	if nameProblem(d.Name) != "" {
+		d.Name = d.Username
+	}
 	api := strings.TrimRight(cfg.publicURL, "/")
 	switch kind {
 	case mailPasswordReset:
@@ -139,6 +144,12 @@ func deliver(ctx context.Context, cfg mailConfig, logger *slog.Logger, msg mailM
 // offers STARTTLS; net/smtp's PlainAuth refuses to send credentials unencrypted except to
 // localhost.
 func sendSMTP(ctx context.Context, cfg mailConfig, msg mailMessage) error {
+	// Without SMTPUTF8 (never negotiated) a non-ASCII address would go out raw in RCPT TO and
+	// To:, and an IP literal would send the relay to a host of the user's choosing. The rules
+	// refuse such addresses; this stops one an earlier version accepted.
+	if problem := emailProblem(msg.to); problem != "" {
+		return fmt.Errorf("recipient %q cannot be sent to: it %s", msg.to, problem)
+	}
 	addr := net.JoinHostPort(cfg.server, strconv.Itoa(cfg.port))
 	tlsConfig := &tls.Config{ServerName: cfg.server, MinVersion: tls.VersionTLS12, InsecureSkipVerify: cfg.insecureTLS}
 	dialer := &net.Dialer{Timeout: cfg.connectTimeout}

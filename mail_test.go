@@ -432,3 +432,47 @@ func TestFormatMessage(t *testing.T) {
 		t.Errorf("two messages share a Message-ID: %v", ids)
 	}
 }
+
+// TestSendSMTPRefusesUndeliverableRecipients: an address the rules refuse, stored by an earlier
+// version, is a send error naming it, and the mail server is never contacted: no raw
+// non-ASCII RCPT TO without SMTPUTF8, no delivery to a host the user picked.
+func TestSendSMTPRefusesUndeliverableRecipients(t *testing.T) {
+	t.Parallel()
+	srv := newSMTPServer(t, smtpOptions{})
+	for _, to := range []string{"l\u0130z@example.com", "x@[127.0.0.1]", "x@127.0.0.1", "a@b", "x\u2028@example.com",
+		"x@example.com\r\nBcc: eve@example.com"} {
+		ctx, cancel := context.WithTimeout(context.Background(), smtpWaitLimit)
+		err := sendSMTP(ctx, srv.mailConfig(), mailMessage{to: to, subject: "s", text: "t", html: "h"})
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), "cannot be sent to") {
+			t.Errorf("sending to %q: %v, want a refusal", to, err)
+		}
+		if srv.contacted() {
+			t.Errorf("sending to %q contacted the mail server", to)
+		}
+	}
+	if err := sendTestMail(srv, nil); err != nil || !srv.contacted() {
+		t.Errorf("sending to a good address: %v", err)
+	}
+}
+
+// TestRenderReplacesUnsafeNames: a name stored before the name rules, holding a bidirectional
+// control or a line separator, is not mailed: the username greets instead.
+func TestRenderReplacesUnsafeNames(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig("").mail
+	for name, greeting := range map[string]string{
+		"Zo\u00eb":           "Hello Zo\u00eb,",
+		"Eve\u202etxt.exe":   "Hello eve,",
+		"Eve\u2028Dear user": "Hello eve,",
+		"\u200b":             "Hello eve,",
+	} {
+		msg, err := render(cfg, mailPasswordChanged, "eve@example.com", mailData{Name: name, Username: "eve", How: "changed"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(msg.text, greeting) || !strings.Contains(msg.html, greeting) {
+			t.Errorf("name %q: text %q html %q, want %q", name, msg.text, msg.html, greeting)
+		}
+	}
+}

@@ -66,7 +66,7 @@ func (s *store) checkMailCap(ctx context.Context, tx pgx.Tx, userID int64, actio
 // turns with an address are capped, not its holder.
 func (s *store) addressCapEnd(ctx context.Context, tx pgx.Tx, email string, userID int64) (time.Time, error) {
 	return s.capEnd(ctx, tx, mailsPerAddressPerHour, time.Hour,
-		"FROM mail_outbox WHERE lower(recipient) = lower($3) AND user_id IS DISTINCT FROM $4", email, userID)
+		`FROM mail_outbox WHERE lower(recipient COLLATE "C") = lower($3 COLLATE "C") AND user_id IS DISTINCT FROM $4`, email, userID)
 }
 
 // checkAddressCap returns errMailCapped while u's address is past its cap (see addressCapEnd).

@@ -16,7 +16,7 @@ import (
 // errMailCapped when it has had its share of reset mails.
 func (s *store) createResetToken(ctx context.Context, email string, ttl time.Duration) (string, error) {
 	token := randomToken()
-	lookup := "SELECT " + userColumns + " FROM users WHERE lower(email) = lower($1) AND is_active FOR UPDATE"
+	lookup := "SELECT " + userColumns + ` FROM users WHERE lower(email COLLATE "C") = lower($1 COLLATE "C") AND is_active FOR UPDATE`
 	err := s.sendAskedMail(ctx, lookup, email, auditPasswordResetRequest, func(tx pgx.Tx, u user) error {
 		if _, err := tx.Exec(ctx, "DELETE FROM password_reset_tokens WHERE user_id = $1", u.ID); err != nil {
 			return err

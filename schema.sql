@@ -1,7 +1,8 @@
 -- usermgmt schema. Applied at start under an advisory lock when its digest differs from the
 -- one recorded in schema_version; every statement is re-runnable, and later versions only add
--- (ADD COLUMN IF NOT EXISTS, CREATE ... IF NOT EXISTS), so a database made by an earlier
--- version is brought up to date in place.
+-- (ADD COLUMN IF NOT EXISTS, CREATE ... IF NOT EXISTS) or replace an index by one under a new
+-- name (DROP INDEX IF EXISTS the old), so a database made by an earlier version is brought up
+-- to date in place.
 
 -- pg_trgm lets the admin search (ILIKE '%q%') use an index instead of scanning every user.
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
@@ -21,9 +22,16 @@ CREATE TABLE IF NOT EXISTS users (
     updated_at    timestamptz NOT NULL DEFAULT now()
 );
 
--- Usernames and emails are unique regardless of case.
-CREATE UNIQUE INDEX IF NOT EXISTS users_username_key ON users (lower(username));
-CREATE UNIQUE INDEX IF NOT EXISTS users_email_key ON users (lower(email));
+-- Usernames and emails are unique regardless of ASCII letter case, and of nothing else:
+-- lower(x COLLATE "C") folds A-Z alone whatever the database's collation, as foldCase does in
+-- Go, and every comparison of names and addresses is written the same way. The first
+-- release's indexes used a plain lower(), which folds non-ASCII letters too by the collation
+-- (K, U+212A, is k in most), so the database and the code could disagree on whether two values
+-- are one; they are replaced. Values unique under the old indexes are unique under these.
+CREATE UNIQUE INDEX IF NOT EXISTS users_username_ascii_key ON users (lower(username COLLATE "C"));
+CREATE UNIQUE INDEX IF NOT EXISTS users_email_ascii_key ON users (lower(email COLLATE "C"));
+DROP INDEX IF EXISTS users_username_key;
+DROP INDEX IF EXISTS users_email_key;
 CREATE INDEX IF NOT EXISTS users_role_idx ON users (role) WHERE role = 'Admin';
 CREATE INDEX IF NOT EXISTS users_created_at_idx ON users (created_at);
 CREATE INDEX IF NOT EXISTS users_search_idx ON users
@@ -126,9 +134,18 @@ CREATE INDEX IF NOT EXISTS mail_outbox_due_idx ON mail_outbox (next_attempt_at)
 -- The user a message is about (added after the first release; no foreign key: the user may be
 -- deleted before the message is sent), and the mail an address was sent lately, for the caps.
 ALTER TABLE mail_outbox ADD COLUMN IF NOT EXISTS user_id bigint;
-UPDATE mail_outbox o SET user_id = u.id FROM users u WHERE o.user_id IS NULL AND lower(u.email) = lower(o.recipient);
-CREATE INDEX IF NOT EXISTS mail_outbox_recipient_idx ON mail_outbox (lower(recipient), created_at);
+UPDATE mail_outbox o SET user_id = u.id FROM users u
+    WHERE o.user_id IS NULL AND lower(u.email COLLATE "C") = lower(o.recipient COLLATE "C");
+CREATE INDEX IF NOT EXISTS mail_outbox_recipient_ascii_idx ON mail_outbox (lower(recipient COLLATE "C"), created_at);
+DROP INDEX IF EXISTS mail_outbox_recipient_idx;
 CREATE INDEX IF NOT EXISTS mail_outbox_user_idx ON mail_outbox (user_id, created_at);
+
+-- Addresses are ASCII only since this version (mail goes out without SMTPUTF8). One that an
+-- earlier version accepted stays as it was, so that its account keeps working and can log in
+-- with it, but it no longer counts as verified: no mail can reach it now, and the old case
+-- folding could carry the verified mark of an address over to a non-ASCII look-alike without
+-- any mail (liz@ to l + U+0130 + z@). Its owner, or an admin, changes it to a deliverable one.
+UPDATE users SET email_verified = false WHERE email_verified AND email COLLATE "C" ~ '[^!-~]';
 
 -- The digest of the schema last applied: a start with the same schema.sql runs no DDL.
 CREATE TABLE IF NOT EXISTS schema_version (

@@ -228,13 +228,14 @@ func (s *store) userByID(ctx context.Context, id int64) (user, error) {
 }
 
 // userByLogin finds a user by username or, when the login holds an '@', by email; both match
-// regardless of case. Usernames cannot contain '@', so the two never collide.
+// regardless of ASCII letter case (foldCase), the rule of the unique indexes. Usernames cannot
+// contain '@', so the two never collide.
 func (s *store) userByLogin(ctx context.Context, login string) (user, error) {
 	column := "username"
 	if strings.Contains(login, "@") {
 		column = "email"
 	}
-	return queryUser(ctx, s.pool, "SELECT "+userColumns+" FROM users WHERE lower("+column+") = lower($1)", login)
+	return queryUser(ctx, s.pool, "SELECT "+userColumns+" FROM users WHERE lower("+column+` COLLATE "C") = lower($1 COLLATE "C")`, login)
 }
 
 func queryUser(ctx context.Context, db interface {
@@ -287,7 +288,11 @@ func (s *store) updateUser(ctx context.Context, actor user, id int64, p userPatc
 				return err
 			}
 		}
-		if actor.ID == target.ID && p.Email != nil && !strings.EqualFold(*p.Email, target.Email) {
+		// One decision, in Go, of whether the address changes (foldCase), for the cap, the
+		// verified mark, the mail and the reset token alike: were the SQL to decide one of
+		// them by another rule, a look-alike address could keep the mark and skip the mail.
+		newAddress := p.Email != nil && !sameFold(*p.Email, target.Email)
+		if actor.ID == target.ID && newAddress {
 			if err := s.checkEmailChangeCap(ctx, tx, target.ID, *p.Email); err != nil {
 				return err
 			}
@@ -301,12 +306,12 @@ func (s *store) updateUser(ctx context.Context, actor user, id int64, p userPatc
 				role = COALESCE($6, role),
 				is_active = COALESCE($7, is_active),
 				-- a new address is unverified unless an admin says otherwise in the same update
-				email_verified = COALESCE($8, CASE WHEN lower(COALESCE($5, email)) <> lower(email) THEN false ELSE email_verified END),
+				email_verified = COALESCE($8, email_verified AND NOT $9),
 				token_version = token_version +
 					CASE WHEN COALESCE($6, role) <> role OR COALESCE($7, is_active) <> is_active THEN 1 ELSE 0 END,
 				updated_at = now()
 			WHERE id = $1 RETURNING `+userColumns,
-			id, p.Username, p.FirstName, p.LastName, p.Email, p.Role, p.IsActive, p.EmailVerified)
+			id, p.Username, p.FirstName, p.LastName, p.Email, p.Role, p.IsActive, p.EmailVerified, newAddress)
 		if err != nil {
 			return uniqueViolation(err)
 		}
@@ -330,7 +335,7 @@ func (s *store) voidCredentials(ctx context.Context, tx pgx.Tx, before, after us
 			return err
 		}
 	}
-	if !strings.EqualFold(before.Email, after.Email) || !after.IsActive {
+	if !sameFold(before.Email, after.Email) || !after.IsActive {
 		if _, err := tx.Exec(ctx, "DELETE FROM password_reset_tokens WHERE user_id = $1", after.ID); err != nil {
 			return err
 		}
@@ -435,7 +440,9 @@ type userFilter struct {
 	page
 }
 
-var sortColumns = map[string]string{"id": "id", "username": "lower(username)", "email": "lower(email)", "created_at": "created_at"}
+// Username and email sort by their folded form (foldCase), which the unique indexes hold in order.
+var sortColumns = map[string]string{"id": "id", "username": `lower(username COLLATE "C")`, "email": `lower(email COLLATE "C")`,
+	"created_at": "created_at"}
 
 // listUsers returns one page of users matching f and the number of users matching in all.
 func (s *store) listUsers(ctx context.Context, f userFilter) ([]user, int, error) {

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -52,5 +54,50 @@ func TestSchemaAppliedOnceAndUpgraded(t *testing.T) {
 		WHERE table_name = 'users' AND column_name = 'email_verified')`).Scan(&exists)
 	if err != nil || !exists {
 		t.Fatalf("email_verified column after the upgrade: %v, %v", exists, err)
+	}
+}
+
+// TestSchemaUpgradeFoldsASCII: a database of an earlier version, with the unique indexes on
+// plain lower() and a verified non-ASCII address, gets the ASCII-folding indexes in their
+// place, and that address is no longer counted as verified; an ASCII one keeps its mark.
+func TestSchemaUpgradeFoldsASCII(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	ctx := context.Background()
+	_, err := env.st.pool.Exec(ctx, `DROP INDEX users_username_ascii_key, users_email_ascii_key, mail_outbox_recipient_ascii_idx;
+		CREATE UNIQUE INDEX users_username_key ON users (lower(username));
+		CREATE UNIQUE INDEX users_email_key ON users (lower(email));
+		CREATE INDEX mail_outbox_recipient_idx ON mail_outbox (lower(recipient), created_at);
+		INSERT INTO users (username, first_name, last_name, email, password_hash, email_verified) VALUES
+			('liz', 'Liz', 'L', 'l' || U&'\0130' || 'z@example.com', 'x', true),
+			('stan', 'Stan', 'S', 'stan@example.com', 'x', true);
+		UPDATE schema_version SET digest = 'earlier'`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := openStore(ctx, env.cfg.databaseURL, env.cfg.keys, time.Now, 10*time.Second)
+	if err != nil {
+		t.Fatalf("upgrading: %v", err)
+	}
+	st.close()
+	var indexes []string
+	err = env.st.pool.QueryRow(ctx, `SELECT array_agg(indexname::text || ' ' || indexdef ORDER BY indexname) FROM pg_indexes
+		WHERE indexname LIKE 'users\_%\_key' OR indexname LIKE 'mail\_outbox\_recipient%'`).Scan(&indexes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		`mail_outbox_recipient_ascii_idx CREATE INDEX mail_outbox_recipient_ascii_idx ON public.mail_outbox USING btree (lower((recipient COLLATE "C")), created_at)`,
+		`users_email_ascii_key CREATE UNIQUE INDEX users_email_ascii_key ON public.users USING btree (lower((email COLLATE "C")))`,
+		`users_username_ascii_key CREATE UNIQUE INDEX users_username_ascii_key ON public.users USING btree (lower((username COLLATE "C")))`,
+	}
+	if !slices.Equal(indexes, want) {
+		t.Errorf("indexes after the upgrade:\n%s\nwant\n%s", strings.Join(indexes, "\n"), strings.Join(want, "\n"))
+	}
+	for username, verified := range map[string]bool{"liz": false, "stan": true} {
+		u, err := env.st.userByLogin(ctx, username)
+		if err != nil || u.EmailVerified != verified {
+			t.Errorf("%s after the upgrade: email_verified %v (%v), want %v", username, u.EmailVerified, err, verified)
+		}
 	}
 }

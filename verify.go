@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -37,7 +36,8 @@ func (s *store) queueVerification(ctx context.Context, tx pgx.Tx, u user, ttl ti
 // resendVerification queues a new verification mail for the active, unverified user with this
 // address. errNotFound when there is none, errMailCapped past the cap.
 func (s *store) resendVerification(ctx context.Context, email string, ttl time.Duration) error {
-	lookup := "SELECT " + userColumns + " FROM users WHERE lower(email) = lower($1) AND is_active AND NOT email_verified FOR UPDATE"
+	lookup := "SELECT " + userColumns + ` FROM users WHERE lower(email COLLATE "C") = lower($1 COLLATE "C")
+		AND is_active AND NOT email_verified FOR UPDATE`
 	return s.sendAskedMail(ctx, lookup, email, auditVerificationRequested, func(tx pgx.Tx, u user) error {
 		return s.queueVerification(ctx, tx, u, ttl)
 	})
@@ -60,7 +60,7 @@ func (s *store) verifyEmail(ctx context.Context, token string) error {
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		// The user row before the token, the order of every transaction that writes both.
 		tag, err := tx.Exec(ctx, `UPDATE users SET email_verified = true, updated_at = now()
-			WHERE id = $1 AND lower(email) = lower($2)`, userID, email)
+			WHERE id = $1 AND lower(email COLLATE "C") = lower($2 COLLATE "C")`, userID, email)
 		if err != nil {
 			return fmt.Errorf("verify email: %w", err)
 		}
@@ -77,7 +77,7 @@ func (s *store) verifyEmail(ctx context.Context, token string) error {
 // mailEmailChange, after an update, tells the old address of the change and asks the new one
 // to verify itself (unless an admin marked it verified).
 func (s *store) mailEmailChange(ctx context.Context, tx pgx.Tx, before, after user, verifyTTL time.Duration) error {
-	if strings.EqualFold(before.Email, after.Email) {
+	if sameFold(before.Email, after.Email) {
 		return nil // a change of case only: the same mailbox
 	}
 	err := s.checkNoticeCap(ctx, tx, before)
