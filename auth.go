@@ -286,17 +286,19 @@ func handleChangePassword(cfg config, st *store, pw *hasher, logger *slog.Logger
 			hash, err = pw.hash(r.Context(), req.NewPassword)
 		}
 		var version int64
+		var refreshToken string
 		if err == nil {
-			version, err = st.changePassword(r.Context(), me, hash, sessionID)
+			version, refreshToken, err = st.changePassword(r.Context(), me, hash, sessionID)
 		}
 		if err != nil {
 			writeError(w, r, logger, err)
 			return
 		}
 		writeJSON(w, http.StatusOK, struct {
-			Message     string `json:"message"`
-			AccessToken string `json:"access_token"`
-		}{"Password changed successfully", signToken(cfg.keys, me.ID, version, sessionID, st.now(), cfg.accessTTL)})
+			Message      string `json:"message"`
+			AccessToken  string `json:"access_token"`
+			RefreshToken string `json:"refresh_token"`
+		}{"Password changed successfully", signToken(cfg.keys, me.ID, version, sessionID, st.now(), cfg.accessTTL), refreshToken})
 	})
 }
 

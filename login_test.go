@@ -72,7 +72,7 @@ func TestStaleLoginsAndChangesLose(t *testing.T) {
 	if _, _, err := env.st.startSession(ctx, alice, "user:1", "", env.cfg.refreshTTL); !errors.Is(err, errUnauthorized) {
 		t.Errorf("session for a login checked against the old hash: %v, want unauthorized", err)
 	}
-	if _, err := env.st.changePassword(ctx, alice, mustHash(t, "attacker-password"), session); !errors.Is(err, errUnauthorized) {
+	if _, _, err := env.st.changePassword(ctx, alice, mustHash(t, "attacker-password"), session); !errors.Is(err, errUnauthorized) {
 		t.Errorf("password change authenticated before the reset: %v, want unauthorized", err)
 	}
 	env.do(t, "GET", "/api/users/me", token, nil).expect(t, http.StatusUnauthorized)

@@ -216,11 +216,38 @@ func (s *store) refresh(ctx context.Context, token string, idle, lifetime, reuse
 	return user{}, 0, "", errRefreshInvalid
 }
 
-// revokeSessions revokes every live session of the user except the session except (0: none).
-func (s *store) revokeSessions(ctx context.Context, tx pgx.Tx, userID, except int64) error {
-	_, err := tx.Exec(ctx, "UPDATE sessions SET revoked_at = $3 WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL",
-		userID, except, s.now())
+// revokeSessions revokes every live session of the user.
+func (s *store) revokeSessions(ctx context.Context, tx pgx.Tx, userID int64) error {
+	_, err := tx.Exec(ctx, "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL", userID, s.now())
 	return err
+}
+
+// revokeOtherSessions revokes every live session of the user but keep, and replaces every
+// refresh token of keep by one fresh token, which it returns. This defends against a chain
+// forked off keep by a thief who replayed a token within the reuse interval: it lives in the
+// kept session, and must not outlive a password change. The kept session is locked before
+// its tokens are replaced, in the order of refreshSQL: a concurrent refresh either commits
+// first, and the token it issued is replaced too, or then finds its token gone.
+func (s *store) revokeOtherSessions(ctx context.Context, tx pgx.Tx, userID, keep int64) (string, error) {
+	_, err := tx.Exec(ctx, "UPDATE sessions SET revoked_at = $3 WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL",
+		userID, keep, s.now())
+	if err != nil {
+		return "", fmt.Errorf("revoke other sessions: %w", err)
+	}
+	var expiresAt time.Time
+	err = tx.QueryRow(ctx, "SELECT expires_at FROM sessions WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE",
+		keep, userID).Scan(&expiresAt)
+	if err != nil {
+		return "", fmt.Errorf("lock kept session: %w", err)
+	}
+	if _, err := tx.Exec(ctx, "DELETE FROM refresh_tokens WHERE session_id = $1", keep); err != nil {
+		return "", fmt.Errorf("retire refresh tokens: %w", err)
+	}
+	token := randomToken()
+	if err := insertRefreshToken(ctx, tx, keep, token, expiresAt); err != nil {
+		return "", fmt.Errorf("issue refresh token: %w", err)
+	}
+	return token, nil
 }
 
 // sessionIsLive is the SQL condition of a live session: not revoked, not expired, and within
@@ -260,7 +287,7 @@ func (s *store) endSession(ctx context.Context, userID, sessionID int64, action 
 // endAllSessions revokes every session of the user.
 func (s *store) endAllSessions(ctx context.Context, userID int64) error {
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if err := s.revokeSessions(ctx, tx, userID, 0); err != nil {
+		if err := s.revokeSessions(ctx, tx, userID); err != nil {
 			return err
 		}
 		return s.audit(ctx, tx, auditLogoutAll, userID, userID, nil)

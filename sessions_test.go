@@ -548,16 +548,39 @@ func TestChangePasswordKeepsOnlyTheCurrentSession(t *testing.T) {
 
 	r := env.do(t, "POST", "/api/auth/change-password", current.access,
 		map[string]string{"current_password": testPassword, "new_password": "new-password-456"})
-	newAccess, _ := r.expect(t, http.StatusOK).json(t)["access_token"].(string)
-	env.do(t, "GET", "/api/users/me", newAccess, nil).expect(t, http.StatusOK)
+	kept := pairOf(t, r)
 	env.do(t, "GET", "/api/users/me", current.access, nil).expect(t, http.StatusUnauthorized)
-	refreshed := pairOf(t, env.refresh(t, current.refresh))
-	env.do(t, "GET", "/api/users/me", refreshed.access, nil).expect(t, http.StatusOK)
+	// The session goes on with the reply's refresh token; the one issued before is retired.
+	env.refresh(t, current.refresh).expect(t, http.StatusUnauthorized)
+	env.expectLive(t, kept)
 	env.expectEnded(t, other)
 	if n := env.liveSessionCount(t, alice.ID); n != 1 {
 		t.Errorf("%d live sessions after change-password, want 1", n)
 	}
 	pairOf(t, env.loginWith(t, "alice", "new-password-456", nil))
+}
+
+// TestChangePasswordEndsAForkedChain: a thief who replayed a refresh token within the reuse
+// interval holds a chain of their own in the owner's session; a password change in that
+// session ends it, now and after the interval, and leaves the owner's session live.
+func TestChangePasswordEndsAForkedChain(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	env.addUser(t, "alice", roleUser)
+	first := env.loginPair(t, "alice")
+	owner := pairOf(t, env.refresh(t, first.refresh))
+	thief := pairOf(t, env.refresh(t, first.refresh)) // a replay within the interval: a fork
+
+	r := env.do(t, "POST", "/api/auth/change-password", owner.access,
+		map[string]string{"current_password": testPassword, "new_password": "new-password-456"})
+	kept := pairOf(t, r)
+	for _, stale := range []string{thief.refresh, owner.refresh, first.refresh} {
+		env.refresh(t, stale).expect(t, http.StatusUnauthorized)
+	}
+	env.clock.Advance(2 * env.cfg.refreshReuseInterval)
+	env.refresh(t, thief.refresh).expect(t, http.StatusUnauthorized)
+	env.do(t, "GET", "/api/users/me", thief.access, nil).expect(t, http.StatusUnauthorized)
+	env.expectLive(t, kept) // the thief's tries did not end the owner's session
 }
 
 func TestLoginRehashesOnCostChange(t *testing.T) {
