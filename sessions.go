@@ -351,6 +351,12 @@ func handleRefresh(cfg config, st *store, logger *slog.Logger) http.Handler {
 func handleLogout(cfg config, st *store, logger *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		err := st.endSession(r.Context(), currentUser(r.Context()).ID, currentSession(r.Context()), auditLogout, cfg.sessionLifetime)
+		if errors.Is(err, errNotFound) {
+			// The session was live when the request was authenticated: a logout-all, a
+			// revocation or the user's deletion ended it since. Logging out of an ended session
+			// has nothing left to do, and is no error.
+			err = nil
+		}
 		if err != nil {
 			writeError(w, r, logger, err)
 			return

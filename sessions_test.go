@@ -420,6 +420,42 @@ func TestLogout(t *testing.T) {
 	env.expectLive(t, env.loginPair(t, "alice")) // a new login is unaffected
 }
 
+// TestLogoutOfAnEndedSession: a logout authenticated while its session was live, whose
+// session a logout-all, a revocation or a deletion ends before the logout's own write, still
+// succeeds. The handler runs as requireAuth would have left it, after the session ended.
+func TestLogoutOfAnEndedSession(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	admin := env.addUser(t, "root", roleAdmin)
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	cases := []struct {
+		name string
+		end  func(u user, sessionID int64) error
+	}{
+		{"logout-all", func(u user, _ int64) error { return env.st.endAllSessions(context.Background(), u.ID) }},
+		{"revoked", func(u user, sessionID int64) error {
+			return env.st.endSession(context.Background(), u.ID, sessionID, auditSessionRevoked, env.cfg.sessionLifetime)
+		}},
+		{"deleted", func(u user, _ int64) error { return env.st.deleteUser(context.Background(), admin, u.ID) }},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			u := env.addUser(t, "user-"+c.name, roleUser)
+			_, claims := tokenParts(t, env.tokenFor(t, u))
+			if err := c.end(u, claims.Session); err != nil {
+				t.Fatal(err)
+			}
+			req := httptest.NewRequest("POST", "/api/auth/logout", nil)
+			req = req.WithContext(context.WithValue(req.Context(), principalKey{}, principal{user: u, sessionID: claims.Session}))
+			w := httptest.NewRecorder()
+			handleLogout(env.cfg, env.st, logger).ServeHTTP(w, req)
+			if w.Code != http.StatusOK || !strings.Contains(w.Body.String(), "Logged out") {
+				t.Errorf("logout of a session ended by %s: %d %s, want 200", c.name, w.Code, w.Body)
+			}
+		})
+	}
+}
+
 func TestSessionList(t *testing.T) {
 	t.Parallel()
 	env := newTestEnv(t)
