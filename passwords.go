@@ -131,7 +131,7 @@ func (s *store) resetPassword(ctx context.Context, token string, newHash func() 
 // session but keepSession is revoked. The change applies only if me is still what the request
 // was authenticated as (same token version, active, session live): a reset, deactivation or
 // logout that lands while the new hash is computed wins, and the request gets
-// errRevokedToken.
+// errRevokedToken. The account's login failures from the request's address are cleared.
 func (s *store) changePassword(ctx context.Context, me user, passwordHash string, keepSession int64) (int64, string, error) {
 	var version int64
 	var refreshToken string
@@ -148,6 +148,10 @@ func (s *store) changePassword(ctx context.Context, me user, passwordHash string
 			return err
 		}
 		if refreshToken, err = s.revokeOtherSessions(ctx, tx, id, keepSession); err != nil {
+			return err
+		}
+		// The right current password was checked: like a login, it clears the failure count.
+		if err := forgetLoginFailures(ctx, tx, accountKey(id)); err != nil {
 			return err
 		}
 		// A reset link mailed before the change must not undo it.
