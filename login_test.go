@@ -32,7 +32,9 @@ func TestLoginOddInput(t *testing.T) {
 	}
 	env.do(t, "POST", "/api/auth/login", "", map[string]string{"username": "bob", "password": password72 + "x"}).
 		expect(t, http.StatusUnauthorized)
-	env.login(t, "bob", password72)
+	bobToken := env.login(t, "bob", password72)
+	env.do(t, "POST", "/api/auth/change-password", bobToken, map[string]string{"current_password": password72 + "x", "new_password": "new-password-456"}).
+		expect(t, http.StatusBadRequest)
 
 	// A user agent that is not valid UTF-8, or long, is stored mended, not refused.
 	for _, agent := range []string{"curl/\xff\xfe", strings.Repeat("é", 400)} {
