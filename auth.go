@@ -138,49 +138,69 @@ func login(ctx context.Context, cfg config, st *store, pw *hasher, req loginRequ
 	if known {
 		key = accountKey(u.ID)
 	}
-	// An unknown user still costs one bcrypt comparison, so response times do not tell
-	// which usernames exist.
-	hash := u.PasswordHash
-	if !known {
-		hash = pw.dummy()
+	if err := pw.learnFloor(func() (int, error) { return st.strongestHashCost(ctx) }); err != nil {
+		return tokenResponse{}, err
+	}
+	// Only an active account's hash is checked, and only against a password bcrypt reads
+	// whole (72 bytes; registration refuses longer ones, whose first 72 bytes would match):
+	// the rest is checked against a dummy that never matches, at the same bcrypt cost, so
+	// response times do not tell which usernames exist.
+	var hash, rehash string
+	if known && u.IsActive && len(req.Password) <= 72 {
+		hash = u.PasswordHash
+		// A hash made at another cost (BCRYPT_COST changed since) is replaced while the
+		// password is at hand, by a login that is to open a session.
+		if cost, err := bcrypt.Cost([]byte(hash)); err == nil && cost != cfg.bcryptCost && !(cfg.requireVerifiedEmail && !u.EmailVerified) {
+			rehash = req.Password
+		}
 	}
 	// The attempt is counted as a failure once it has a bcrypt slot, before the password is
 	// checked, so that attempts made in parallel cannot all be checked before the first
-	// failure is recorded. bcrypt reads only 72 bytes; a longer password (registration
-	// refuses them) never matches.
-	matches, err := pw.matches(ctx, hash, req.Password, func() error {
-		return st.reserveLoginAttempt(ctx, key, cfg.loginMaxFailures)
+	// failure is recorded.
+	var attempt loginAttempt
+	matches, rehashed, err := pw.check(ctx, hash, req.Password, rehash, func() (err error) {
+		attempt, err = st.reserveLoginAttempt(ctx, key, cfg.loginMaxFailures)
+		return err
 	})
-	if err != nil {
-		return tokenResponse{}, err
-	}
-	if !matches || !known || !u.IsActive || len(req.Password) > 72 {
+	if err == nil && !matches {
 		if err := st.auditFailure(ctx, auditLoginFailed, 0, u.ID); err != nil { // u.ID: 0 when unknown
 			return tokenResponse{}, err
 		}
 		return tokenResponse{}, errBadCredentials
 	}
+	var resp tokenResponse
+	if err == nil {
+		resp, err = openSession(ctx, cfg, st, u, key, rehashed)
+	}
+	return resp, giveBack(ctx, st, attempt, err)
+}
+
+// openSession ends a login whose password was right: it opens a session, unless the address
+// must be verified first.
+func openSession(ctx context.Context, cfg config, st *store, u user, key, rehashed string) (tokenResponse, error) {
 	// Told only to someone who knows the password, so it reveals nothing about who exists.
-	// The right password is no failure: it must not count towards a lockout.
 	if cfg.requireVerifiedEmail && !u.EmailVerified {
-		if err := forgetLoginFailures(ctx, st.pool, key); err != nil {
-			return tokenResponse{}, err
-		}
 		return tokenResponse{}, fail(errForbidden, "Email address not verified")
 	}
-	// A hash made at another cost (BCRYPT_COST changed since) is replaced while the password
-	// is at hand.
-	var rehash string
-	if cost, err := bcrypt.Cost([]byte(hash)); err == nil && cost != cfg.bcryptCost {
-		if rehash, err = pw.hash(ctx, req.Password); err != nil {
-			return tokenResponse{}, err
-		}
-	}
-	sessionID, refreshToken, err := st.startSession(ctx, u, key, rehash, min(cfg.refreshTTL, cfg.sessionLifetime))
+	sessionID, refreshToken, err := st.startSession(ctx, u, key, rehashed, min(cfg.refreshTTL, cfg.sessionLifetime))
 	if err != nil {
 		return tokenResponse{}, err
 	}
 	return newTokenResponse(cfg, st, u, sessionID, refreshToken), nil
+}
+
+// giveBack releases the attempt when err, which is no wrong password, ended the request that
+// reserved it: only a wrong password counts towards a lockout, so that a right password that
+// meets a 503 (or is told to verify its address first) cannot lock its owner out.
+func giveBack(ctx context.Context, st *store, attempt loginAttempt, err error) error {
+	if err == nil {
+		return nil
+	}
+	// Released even when the client has hung up: the count must not outlive the request.
+	if releaseErr := st.releaseLoginAttempt(context.WithoutCancel(ctx), attempt); releaseErr != nil {
+		return errors.Join(err, releaseErr)
+	}
+	return err
 }
 
 type resetRequest struct {
@@ -270,39 +290,50 @@ func handleChangePassword(cfg config, st *store, pw *hasher, logger *slog.Logger
 		if err == nil {
 			err = invalidFields(checkGuessable(req.valid(cfg.passwordMinLength), "new_password", req.NewPassword, cfg.commonPasswords, me.Username, me.Email))
 		}
-		// Checking the current password is a login in all but name: it shares the login's
-		// lockout, so that a stolen access token cannot be used to guess the password.
-		var matches bool
-		if err == nil {
-			matches, err = pw.matches(r.Context(), me.PasswordHash, req.CurrentPassword, func() error {
-				return st.reserveLoginAttempt(r.Context(), accountKey(me.ID), cfg.loginMaxFailures)
-			})
-		}
-		if err == nil && !matches {
-			if err = st.auditFailure(r.Context(), auditPasswordChangeFailed, me.ID, me.ID); err == nil {
-				err = fail(errInvalid, "Current password is incorrect")
-			}
-		}
-		if err == nil {
-			err = forgetLoginFailures(r.Context(), st.pool, accountKey(me.ID))
-		}
-		var hash string
-		if err == nil {
-			hash, err = pw.hash(r.Context(), req.NewPassword)
-		}
 		var version int64
+		var refreshToken string
 		if err == nil {
-			version, err = st.changePassword(r.Context(), me, hash, sessionID)
+			version, refreshToken, err = changeOwnPassword(r.Context(), cfg, st, pw, me, sessionID, req)
 		}
 		if err != nil {
 			writeError(w, r, logger, err)
 			return
 		}
 		writeJSON(w, http.StatusOK, struct {
-			Message     string `json:"message"`
-			AccessToken string `json:"access_token"`
-		}{"Password changed successfully", signToken(cfg.keys, me.ID, version, sessionID, st.now(), cfg.accessTTL)})
+			Message      string `json:"message"`
+			AccessToken  string `json:"access_token"`
+			RefreshToken string `json:"refresh_token"`
+		}{"Password changed successfully", signToken(cfg.keys, me.ID, version, sessionID, st.now(), cfg.accessTTL), refreshToken})
 	})
+}
+
+// changeOwnPassword checks me's current password and sets the new one, keeping the session
+// sessionID; it returns what the store's changePassword does. Checking the current password
+// is a login in all but name: it shares the login's lockout, so that a stolen access token
+// cannot be used to guess the password. The new password is hashed in the bcrypt slot of the
+// check.
+func changeOwnPassword(ctx context.Context, cfg config, st *store, pw *hasher, me user, sessionID int64, req changePasswordRequest) (int64, string, error) {
+	current := me.PasswordHash
+	if len(req.CurrentPassword) > 72 {
+		current = "" // bcrypt reads 72 bytes: a longer password whose first 72 match is wrong
+	}
+	var attempt loginAttempt
+	matches, hash, err := pw.check(ctx, current, req.CurrentPassword, req.NewPassword, func() (err error) {
+		attempt, err = st.reserveLoginAttempt(ctx, accountKey(me.ID), cfg.loginMaxFailures)
+		return err
+	})
+	if err == nil && !matches {
+		if err := st.auditFailure(ctx, auditPasswordChangeFailed, me.ID, me.ID); err != nil {
+			return 0, "", err
+		}
+		return 0, "", fail(errInvalid, "Current password is incorrect")
+	}
+	var version int64
+	var refreshToken string
+	if err == nil {
+		version, refreshToken, err = st.changePassword(ctx, me, hash, sessionID)
+	}
+	return version, refreshToken, giveBack(ctx, st, attempt, err)
 }
 
 type principalKey struct{}
@@ -390,10 +421,15 @@ func requireAdmin(logger *slog.Logger) func(http.Handler) http.Handler {
 // BCRYPT_CONCURRENCY run at once, so that a flood of logins queues here instead of starving
 // every other request of CPU.
 type hasher struct {
-	cost     int
-	slots    chan struct{}
-	dummy    func() string
-	compared atomic.Int64 // passwords checked since start: what the lockout tests count
+	cost    int
+	slots   chan struct{}
+	dummies [bcrypt.MaxCost + 1]func() string // a hash of no password, per cost
+	// floor is the cost a failed check pays (see check): cost, or that of the strongest
+	// stored hash once learnFloor or a check met it.
+	floor      atomic.Int64
+	floorKnown atomic.Bool
+	compared   atomic.Int64                     // comparisons since start: what the lockout tests count
+	comparedAt [bcrypt.MaxCost + 1]atomic.Int64 // comparisons per cost since start: what the timing tests count
 }
 
 // bcryptWait is how long a request waits for a bcrypt slot before it gets a 503.
@@ -401,11 +437,14 @@ const bcryptWait = 2 * time.Second
 
 func newHasher(cost, concurrency int) *hasher {
 	h := &hasher{cost: cost, slots: make(chan struct{}, concurrency)}
+	h.floor.Store(int64(cost))
 	// Made on first use rather than at start, so that starting stays fast.
-	h.dummy = sync.OnceValue(func() string {
-		hash, _ := bcrypt.GenerateFromPassword([]byte(randomToken()), cost)
-		return string(hash)
-	})
+	for c := range h.dummies {
+		h.dummies[c] = sync.OnceValue(func() string {
+			hash, _ := bcrypt.GenerateFromPassword([]byte(randomToken()), max(c, bcrypt.MinCost))
+			return string(hash)
+		})
+	}
 	return h
 }
 
@@ -418,17 +457,78 @@ func (h *hasher) hash(ctx context.Context, password string) (string, error) {
 	return string(hash), err
 }
 
-// matches compares password with hash. admit runs once a bcrypt slot is held, just before the
-// comparison, and its error ends the call: a login attempt is counted there, so that an attempt
-// turned away as busy (503) never counts towards a lockout.
-func (h *hasher) matches(ctx context.Context, hash, password string, admit func() error) (bool, error) {
-	var ok bool
-	err := h.withSlot(ctx, admit, func() error {
-		h.compared.Add(1)
-		ok = bcrypt.CompareHashAndPassword([]byte(hash), []byte(password)) == nil
+// check compares password with hash, holding one bcrypt slot throughout. admit runs once the
+// slot is held, just before the comparison, and its error ends the call: a login attempt is
+// counted there, so that an attempt turned away as busy (503) never counts towards a
+// lockout. An empty hash (an unknown or deactivated user) is checked against a dummy and
+// never matches. When password matches and then is set, then is hashed at the configured
+// cost in the same slot and returned: a request that proved its password does not queue
+// again for a slot, so it cannot be turned away as busy after its attempt was counted.
+//
+// Every check that fails costs the same bcrypt work, that of one comparison at the floor
+// cost, so that response times do not tell unknown users, deactivated ones and wrong
+// passwords apart, whatever the cost of the stored hash: a comparison against a weaker hash
+// (BCRYPT_COST was raised since it was made) is padded with comparisons at its cost and each
+// cost up to the floor, 2^c + 2^c + 2^(c+1) + ... + 2^(floor-1) = 2^floor rounds.
+func (h *hasher) check(ctx context.Context, hash, password, then string, admit func() error) (ok bool, thenHash string, err error) {
+	err = h.withSlot(ctx, admit, func() error {
+		stored, err := bcrypt.Cost([]byte(hash))
+		if err != nil {
+			hash = "" // not a bcrypt hash: nothing matches it
+		}
+		floor := h.raiseFloor(stored)
+		if hash == "" {
+			hash, stored = h.dummies[floor](), floor
+		}
+		if ok = h.compare(hash, password); ok {
+			if then != "" {
+				var b []byte
+				b, err = bcrypt.GenerateFromPassword([]byte(then), h.cost)
+				thenHash = string(b)
+			}
+			return err
+		}
+		for c := stored; c < floor; c++ {
+			h.compare(h.dummies[c](), password)
+		}
 		return nil
 	})
-	return ok, err
+	return ok, thenHash, err
+}
+
+// compare is one bcrypt comparison, counted.
+func (h *hasher) compare(hash, password string) bool {
+	cost, _ := bcrypt.Cost([]byte(hash))
+	h.compared.Add(1)
+	h.comparedAt[cost].Add(1)
+	return bcrypt.CompareHashAndPassword([]byte(hash), []byte(password)) == nil
+}
+
+// raiseFloor raises the floor to cost if it is lower, and returns the floor.
+func (h *hasher) raiseFloor(cost int) int {
+	for {
+		floor := h.floor.Load()
+		if int64(cost) <= floor || h.floor.CompareAndSwap(floor, int64(cost)) {
+			return int(max(floor, int64(cost)))
+		}
+	}
+}
+
+// learnFloor raises the floor, once per process, to the cost of the strongest stored hash,
+// which strongest reads. After BCRYPT_COST was lowered, checking a hash made before takes
+// longer: without this, the failed logins of accounts that still have one would stand out
+// until the first of them met a check.
+func (h *hasher) learnFloor(strongest func() (int, error)) error {
+	if h.floorKnown.Load() {
+		return nil
+	}
+	cost, err := strongest()
+	if err != nil {
+		return err
+	}
+	h.raiseFloor(cost)
+	h.floorKnown.Store(true)
+	return nil
 }
 
 // withSlot runs work in the background once a bcrypt slot is free, and admit (when set) just

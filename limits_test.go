@@ -339,8 +339,8 @@ func TestHasherBusy(t *testing.T) {
 	// A login turned away as busy is not admitted: it does not count towards a lockout.
 	admitted := 0
 	admit := func() error { admitted++; return nil }
-	if _, err := h.matches(context.Background(), "$2a$04$", testPassword, admit); !errors.Is(err, errBusy) || admitted != 0 {
-		t.Fatalf("matches with the only slot held: err = %v, admitted %d times; want errBusy, never admitted", err, admitted)
+	if _, _, err := h.check(context.Background(), "$2a$04$", testPassword, "", admit); !errors.Is(err, errBusy) || admitted != 0 {
+		t.Fatalf("check with the only slot held: err = %v, admitted %d times; want errBusy, never admitted", err, admitted)
 	}
 	w := httptest.NewRecorder()
 	writeError(w, httptest.NewRequest("POST", "/api/auth/login", nil), slog.New(slog.NewTextHandler(io.Discard, nil)), err)
@@ -362,12 +362,12 @@ func TestHasherBusy(t *testing.T) {
 	if err != nil {
 		t.Fatalf("hash once the slot is free: %v", err)
 	}
-	if ok, err := h.matches(context.Background(), hash, testPassword, admit); !ok || err != nil || admitted != 1 {
-		t.Errorf("matches = %v, %v, admitted %d times; want true, admitted once", ok, err, admitted)
+	if ok, _, err := h.check(context.Background(), hash, testPassword, "", admit); !ok || err != nil || admitted != 1 {
+		t.Errorf("check = %v, %v, admitted %d times; want true, admitted once", ok, err, admitted)
 	}
 	refused := errors.New("locked out")
-	if ok, err := h.matches(context.Background(), hash, testPassword, func() error { return refused }); ok || err != refused {
-		t.Errorf("matches refused by admit = %v, %v; want false and admit's error", ok, err)
+	if ok, _, err := h.check(context.Background(), hash, testPassword, "", func() error { return refused }); ok || err != refused {
+		t.Errorf("check refused by admit = %v, %v; want false and admit's error", ok, err)
 	}
 }
 

@@ -227,3 +227,75 @@ func TestLoginLockoutCountsIPv6By64(t *testing.T) {
 	expectLocked(t, env.loginWith(t, "alice", testPassword, from("2001:db8:1:2:abcd::99")), time.Minute)
 	pairOf(t, env.loginWith(t, "alice", testPassword, from("2001:db8:1:3::1")))
 }
+
+// failWrites makes every write of kind ("INSERT", "UPDATE") to table fail as a lost
+// serialization conflict does, which the service answers with 503, until the returned
+// function is called.
+func (e *testEnv) failWrites(t testing.TB, table, kind string) func() {
+	t.Helper()
+	ctx := context.Background()
+	for _, sql := range []string{
+		`CREATE OR REPLACE FUNCTION injected_conflict() RETURNS trigger LANGUAGE plpgsql AS
+			$$ BEGIN RAISE EXCEPTION 'injected conflict' USING ERRCODE = 'serialization_failure'; END $$`,
+		fmt.Sprintf("CREATE TRIGGER injected_conflict BEFORE %s ON %s FOR EACH ROW EXECUTE FUNCTION injected_conflict()", kind, table),
+	} {
+		if _, err := e.st.pool.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return func() {
+		t.Helper()
+		if _, err := e.st.pool.Exec(ctx, "DROP TRIGGER injected_conflict ON "+table); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestErrorsAfterARightPasswordDoNotCount: an attempt is counted before its password is
+// checked; when a right password then meets an error (here a 503, after the check, from the
+// write that opens the session or changes the password), the attempt is given back. Repeated
+// 503s neither lock the account nor change its failure count, and the right password works
+// once the database does. The same holds for the lock such an attempt would have set.
+func TestErrorsAfterARightPasswordDoNotCount(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	alice := env.addUser(t, "alice", roleUser)
+	expectFailures := func(want int) {
+		t.Helper()
+		var failures int
+		var locked bool
+		err := env.st.pool.QueryRow(context.Background(),
+			"SELECT failures, locked_until IS NOT NULL FROM login_failures WHERE login = $1", accountKey(alice.ID)).Scan(&failures, &locked)
+		if err != nil || failures != want || locked {
+			t.Fatalf("failure count %d, locked %v (%v); want %d, not locked", failures, locked, err, want)
+		}
+	}
+	almost := env.cfg.loginMaxFailures - 1 // the next failure locks
+
+	for range almost {
+		env.loginWith(t, "alice", "wrong-password", nil).expect(t, http.StatusUnauthorized)
+	}
+	restore := env.failWrites(t, "sessions", "INSERT")
+	for range env.cfg.loginMaxFailures + 1 {
+		env.loginWith(t, "alice", testPassword, nil).expect(t, http.StatusServiceUnavailable)
+		expectFailures(almost)
+	}
+	restore()
+	p := pairOf(t, env.loginWith(t, "alice", testPassword, nil))
+
+	change := func(current string) response {
+		return env.do(t, "POST", "/api/auth/change-password", p.access,
+			map[string]string{"current_password": current, "new_password": "new-password-456"})
+	}
+	for range almost {
+		change("wrong-password").expect(t, http.StatusBadRequest)
+	}
+	restore = env.failWrites(t, "users", "UPDATE")
+	for range env.cfg.loginMaxFailures + 1 {
+		change(testPassword).expect(t, http.StatusServiceUnavailable)
+		expectFailures(almost)
+	}
+	restore()
+	change(testPassword).expect(t, http.StatusOK)
+	pairOf(t, env.loginWith(t, "alice", "new-password-456", nil))
+}

@@ -116,7 +116,7 @@ func (s *store) resetPassword(ctx context.Context, token string, newHash func(us
 		if err := s.consumeToken(ctx, tx, "password_reset_tokens", token, userID, invalid); err != nil {
 			return err
 		}
-		if err := s.revokeSessions(ctx, tx, userID, 0); err != nil {
+		if err := s.revokeSessions(ctx, tx, userID); err != nil {
 			return err
 		}
 		if err := s.mailPasswordChanged(ctx, tx, userID, "reset"); err != nil {
@@ -127,13 +127,15 @@ func (s *store) resetPassword(ctx context.Context, token string, newHash func(us
 }
 
 // changePassword sets a new password hash for the user me, authenticated through session
-// keepSession, and returns the new token version: every earlier access token stops working,
-// and every session but keepSession is revoked. The change applies only if me is still what
-// the request was authenticated as (same token version, active, session live): a reset,
-// deactivation or logout that lands while the new hash is computed wins, and the request
-// gets errRevokedToken.
-func (s *store) changePassword(ctx context.Context, me user, passwordHash string, keepSession int64) (int64, error) {
+// keepSession, and returns the new token version and a new refresh token of keepSession:
+// every earlier access token and every earlier refresh token stops working, and every
+// session but keepSession is revoked. The change applies only if me is still what the request
+// was authenticated as (same token version, active, session live): a reset, deactivation or
+// logout that lands while the new hash is computed wins, and the request gets
+// errRevokedToken. The account's login failures from the request's address are cleared.
+func (s *store) changePassword(ctx context.Context, me user, passwordHash string, keepSession int64) (int64, string, error) {
 	var version int64
+	var refreshToken string
 	id := me.ID
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		err := tx.QueryRow(ctx, `UPDATE users SET password_hash = $2, token_version = token_version + 1,
@@ -146,7 +148,11 @@ func (s *store) changePassword(ctx context.Context, me user, passwordHash string
 		if err != nil {
 			return err
 		}
-		if err := s.revokeSessions(ctx, tx, id, keepSession); err != nil {
+		if refreshToken, err = s.revokeOtherSessions(ctx, tx, id, keepSession); err != nil {
+			return err
+		}
+		// The right current password was checked: like a login, it clears the failure count.
+		if err := forgetLoginFailures(ctx, tx, accountKey(id)); err != nil {
 			return err
 		}
 		// A reset link mailed before the change must not undo it.
@@ -158,5 +164,5 @@ func (s *store) changePassword(ctx context.Context, me user, passwordHash string
 		}
 		return s.audit(ctx, tx, auditPasswordChanged, id, id, nil)
 	})
-	return version, err
+	return version, refreshToken, err
 }

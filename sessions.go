@@ -77,22 +77,30 @@ func insertRefreshToken(ctx context.Context, tx pgx.Tx, sessionID int64, token s
 	return err
 }
 
+// loginAttempt is an attempt reserveLoginAttempt counted (or, when not counted, nothing).
+type loginAttempt struct {
+	counted     bool
+	login, ip   string
+	lockedUntil *time.Time // the lock the attempt set, if it set one
+}
+
 // reserveLoginAttempt counts an attempt to log in as login from the request's address as a
-// failure, before its password is checked (a success then clears the count), and refuses it
-// with errLockedOut while the pair is locked. From the maxFailures-th consecutive failure on,
-// the pair is locked for a back-off that doubles from one minute up to fifteen. Counting is
-// one statement: attempts made in parallel are counted one by one, and once one of them locks
-// the pair the others are refused.
-func (s *store) reserveLoginAttempt(ctx context.Context, login string, maxFailures int) error {
+// failure, before its password is checked (a success then clears the count, and any other
+// outcome but a wrong password releases the attempt), and refuses it with errLockedOut while
+// the pair is locked. From the maxFailures-th consecutive failure on, the pair is locked for a
+// back-off that doubles from one minute up to fifteen. Counting is one statement: attempts
+// made in parallel are counted one by one, and once one of them locks the pair the others
+// are refused.
+func (s *store) reserveLoginAttempt(ctx context.Context, login string, maxFailures int) (loginAttempt, error) {
 	for {
-		counted, lockedUntil, err := s.countLoginAttempt(ctx, login, maxFailures)
+		attempt, lockedUntil, err := s.countLoginAttempt(ctx, login, maxFailures)
 		switch {
 		case err != nil:
-			return err
-		case counted:
-			return nil
+			return loginAttempt{}, err
+		case attempt.counted:
+			return attempt, nil
 		case lockedUntil.After(s.now()):
-			return waitError{lockedUntil.Sub(s.now()), errLockedOut}
+			return loginAttempt{}, waitError{lockedUntil.Sub(s.now()), errLockedOut}
 		}
 		// A successful login lifted the lock, or it ran out, between the two statements of
 		// countLoginAttempt: count the attempt afresh.
@@ -101,26 +109,57 @@ func (s *store) reserveLoginAttempt(ctx context.Context, login string, maxFailur
 
 // countLoginAttempt counts an attempt unless the pair is locked, and then returns the lock's
 // end (zero if it was lifted meanwhile).
-func (s *store) countLoginAttempt(ctx context.Context, login string, maxFailures int) (counted bool, lockedUntil time.Time, err error) {
+func (s *store) countLoginAttempt(ctx context.Context, login string, maxFailures int) (loginAttempt, time.Time, error) {
 	ip, now := originOf(ctx).network(), s.now()
-	tag, err := s.pool.Exec(ctx, `INSERT INTO login_failures AS f (login, ip, failures, locked_until, updated_at)
+	attempt := loginAttempt{counted: true, login: login, ip: ip}
+	err := s.pool.QueryRow(ctx, `INSERT INTO login_failures AS f (login, ip, failures, locked_until, updated_at)
 		VALUES ($1, $2, 1, CASE WHEN $4::int <= 1 THEN $3::timestamptz + interval '1 minute' END, $3)
 		ON CONFLICT (login, ip) DO UPDATE SET failures = f.failures + 1, updated_at = $3,
 			locked_until = CASE WHEN f.failures + 1 >= $4::int THEN $3::timestamptz +
 				interval '1 minute' * LEAST(power(2, LEAST(f.failures + 1 - $4::int, 4)), 15) END
-		WHERE f.locked_until IS NULL OR f.locked_until <= $3`, login, ip, now, maxFailures)
-	if err != nil {
-		return false, time.Time{}, fmt.Errorf("count login attempt: %w", err)
+		WHERE f.locked_until IS NULL OR f.locked_until <= $3
+		RETURNING locked_until`, login, ip, now, maxFailures).Scan(&attempt.lockedUntil)
+	if err == nil {
+		return attempt, time.Time{}, nil
 	}
-	if tag.RowsAffected() == 1 {
-		return true, time.Time{}, nil
+	if !errors.Is(err, pgx.ErrNoRows) {
+		return loginAttempt{}, time.Time{}, fmt.Errorf("count login attempt: %w", err)
 	}
+	var lockedUntil time.Time
 	err = s.pool.QueryRow(ctx, "SELECT locked_until FROM login_failures WHERE login = $1 AND ip = $2 AND locked_until IS NOT NULL",
 		login, ip).Scan(&lockedUntil)
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return false, time.Time{}, fmt.Errorf("read login lock: %w", err)
+		return loginAttempt{}, time.Time{}, fmt.Errorf("read login lock: %w", err)
 	}
-	return false, lockedUntil, nil
+	return loginAttempt{}, lockedUntil, nil
+}
+
+// releaseLoginAttempt undoes a counted attempt that turned out to be no wrong password: its
+// count, and the lock it set (a lock a later failure set stays). Then the attempt has
+// changed nothing, as a 503 promises.
+func (s *store) releaseLoginAttempt(ctx context.Context, a loginAttempt) error {
+	if !a.counted {
+		return nil
+	}
+	_, err := s.pool.Exec(ctx, `UPDATE login_failures SET failures = failures - 1,
+			locked_until = CASE WHEN locked_until = $3 THEN NULL ELSE locked_until END
+		WHERE login = $1 AND ip = $2 AND failures > 0`, a.login, a.ip, a.lockedUntil)
+	if err != nil {
+		return fmt.Errorf("release login attempt: %w", err)
+	}
+	return nil
+}
+
+// strongestHashCost returns the highest bcrypt cost among the stored password hashes (0 when
+// there are none).
+func (s *store) strongestHashCost(ctx context.Context) (int, error) {
+	var cost int
+	err := s.pool.QueryRow(ctx, `SELECT COALESCE(max(substring(password_hash from '^\$2[abxy]?\$(\d\d)\$')::int), 0)
+		FROM users`).Scan(&cost)
+	if err != nil {
+		return 0, fmt.Errorf("strongest hash cost: %w", err)
+	}
+	return cost, nil
 }
 
 // forgetLoginFailures clears the failure count of login from the request's address, through
@@ -216,11 +255,38 @@ func (s *store) refresh(ctx context.Context, token string, idle, lifetime, reuse
 	return user{}, 0, "", errRefreshInvalid
 }
 
-// revokeSessions revokes every live session of the user except the session except (0: none).
-func (s *store) revokeSessions(ctx context.Context, tx pgx.Tx, userID, except int64) error {
-	_, err := tx.Exec(ctx, "UPDATE sessions SET revoked_at = $3 WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL",
-		userID, except, s.now())
+// revokeSessions revokes every live session of the user.
+func (s *store) revokeSessions(ctx context.Context, tx pgx.Tx, userID int64) error {
+	_, err := tx.Exec(ctx, "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL", userID, s.now())
 	return err
+}
+
+// revokeOtherSessions revokes every live session of the user but keep, and replaces every
+// refresh token of keep by one fresh token, which it returns. This defends against a chain
+// forked off keep by a thief who replayed a token within the reuse interval: it lives in the
+// kept session, and must not outlive a password change. The kept session is locked before
+// its tokens are replaced, in the order of refreshSQL: a concurrent refresh either commits
+// first, and the token it issued is replaced too, or then finds its token gone.
+func (s *store) revokeOtherSessions(ctx context.Context, tx pgx.Tx, userID, keep int64) (string, error) {
+	_, err := tx.Exec(ctx, "UPDATE sessions SET revoked_at = $3 WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL",
+		userID, keep, s.now())
+	if err != nil {
+		return "", fmt.Errorf("revoke other sessions: %w", err)
+	}
+	var expiresAt time.Time
+	err = tx.QueryRow(ctx, "SELECT expires_at FROM sessions WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE",
+		keep, userID).Scan(&expiresAt)
+	if err != nil {
+		return "", fmt.Errorf("lock kept session: %w", err)
+	}
+	if _, err := tx.Exec(ctx, "DELETE FROM refresh_tokens WHERE session_id = $1", keep); err != nil {
+		return "", fmt.Errorf("retire refresh tokens: %w", err)
+	}
+	token := randomToken()
+	if err := insertRefreshToken(ctx, tx, keep, token, expiresAt); err != nil {
+		return "", fmt.Errorf("issue refresh token: %w", err)
+	}
+	return token, nil
 }
 
 // sessionIsLive is the SQL condition of a live session: not revoked, not expired, and within
@@ -260,7 +326,7 @@ func (s *store) endSession(ctx context.Context, userID, sessionID int64, action 
 // endAllSessions revokes every session of the user.
 func (s *store) endAllSessions(ctx context.Context, userID int64) error {
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if err := s.revokeSessions(ctx, tx, userID, 0); err != nil {
+		if err := s.revokeSessions(ctx, tx, userID); err != nil {
 			return err
 		}
 		return s.audit(ctx, tx, auditLogoutAll, userID, userID, nil)
@@ -324,6 +390,12 @@ func handleRefresh(cfg config, st *store, logger *slog.Logger) http.Handler {
 func handleLogout(cfg config, st *store, logger *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		err := st.endSession(r.Context(), currentUser(r.Context()).ID, currentSession(r.Context()), auditLogout, cfg.sessionLifetime)
+		if errors.Is(err, errNotFound) {
+			// The session was live when the request was authenticated: a logout-all, a
+			// revocation or the user's deletion ended it since. Logging out of an ended session
+			// has nothing left to do, and is no error.
+			err = nil
+		}
 		if err != nil {
 			writeError(w, r, logger, err)
 			return

@@ -420,6 +420,42 @@ func TestLogout(t *testing.T) {
 	env.expectLive(t, env.loginPair(t, "alice")) // a new login is unaffected
 }
 
+// TestLogoutOfAnEndedSession: a logout authenticated while its session was live, whose
+// session a logout-all, a revocation or a deletion ends before the logout's own write, still
+// succeeds. The handler runs as requireAuth would have left it, after the session ended.
+func TestLogoutOfAnEndedSession(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	admin := env.addUser(t, "root", roleAdmin)
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	cases := []struct {
+		name string
+		end  func(u user, sessionID int64) error
+	}{
+		{"logout-all", func(u user, _ int64) error { return env.st.endAllSessions(context.Background(), u.ID) }},
+		{"revoked", func(u user, sessionID int64) error {
+			return env.st.endSession(context.Background(), u.ID, sessionID, auditSessionRevoked, env.cfg.sessionLifetime)
+		}},
+		{"deleted", func(u user, _ int64) error { return env.st.deleteUser(context.Background(), admin, u.ID) }},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			u := env.addUser(t, "user-"+c.name, roleUser)
+			_, claims := tokenParts(t, env.tokenFor(t, u))
+			if err := c.end(u, claims.Session); err != nil {
+				t.Fatal(err)
+			}
+			req := httptest.NewRequest("POST", "/api/auth/logout", nil)
+			req = req.WithContext(context.WithValue(req.Context(), principalKey{}, principal{user: u, sessionID: claims.Session}))
+			w := httptest.NewRecorder()
+			handleLogout(env.cfg, env.st, logger).ServeHTTP(w, req)
+			if w.Code != http.StatusOK || !strings.Contains(w.Body.String(), "Logged out") {
+				t.Errorf("logout of a session ended by %s: %d %s, want 200", c.name, w.Code, w.Body)
+			}
+		})
+	}
+}
+
 func TestSessionList(t *testing.T) {
 	t.Parallel()
 	env := newTestEnv(t)
@@ -548,16 +584,39 @@ func TestChangePasswordKeepsOnlyTheCurrentSession(t *testing.T) {
 
 	r := env.do(t, "POST", "/api/auth/change-password", current.access,
 		map[string]string{"current_password": testPassword, "new_password": "new-password-456"})
-	newAccess, _ := r.expect(t, http.StatusOK).json(t)["access_token"].(string)
-	env.do(t, "GET", "/api/users/me", newAccess, nil).expect(t, http.StatusOK)
+	kept := pairOf(t, r)
 	env.do(t, "GET", "/api/users/me", current.access, nil).expect(t, http.StatusUnauthorized)
-	refreshed := pairOf(t, env.refresh(t, current.refresh))
-	env.do(t, "GET", "/api/users/me", refreshed.access, nil).expect(t, http.StatusOK)
+	// The session goes on with the reply's refresh token; the one issued before is retired.
+	env.refresh(t, current.refresh).expect(t, http.StatusUnauthorized)
+	env.expectLive(t, kept)
 	env.expectEnded(t, other)
 	if n := env.liveSessionCount(t, alice.ID); n != 1 {
 		t.Errorf("%d live sessions after change-password, want 1", n)
 	}
 	pairOf(t, env.loginWith(t, "alice", "new-password-456", nil))
+}
+
+// TestChangePasswordEndsAForkedChain: a thief who replayed a refresh token within the reuse
+// interval holds a chain of their own in the owner's session; a password change in that
+// session ends it, now and after the interval, and leaves the owner's session live.
+func TestChangePasswordEndsAForkedChain(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	env.addUser(t, "alice", roleUser)
+	first := env.loginPair(t, "alice")
+	owner := pairOf(t, env.refresh(t, first.refresh))
+	thief := pairOf(t, env.refresh(t, first.refresh)) // a replay within the interval: a fork
+
+	r := env.do(t, "POST", "/api/auth/change-password", owner.access,
+		map[string]string{"current_password": testPassword, "new_password": "new-password-456"})
+	kept := pairOf(t, r)
+	for _, stale := range []string{thief.refresh, owner.refresh, first.refresh} {
+		env.refresh(t, stale).expect(t, http.StatusUnauthorized)
+	}
+	env.clock.Advance(2 * env.cfg.refreshReuseInterval)
+	env.refresh(t, thief.refresh).expect(t, http.StatusUnauthorized)
+	env.do(t, "GET", "/api/users/me", thief.access, nil).expect(t, http.StatusUnauthorized)
+	env.expectLive(t, kept) // the thief's tries did not end the owner's session
 }
 
 func TestLoginRehashesOnCostChange(t *testing.T) {

@@ -331,7 +331,7 @@ func (s *store) updateUser(ctx context.Context, actor user, id int64, p userPatc
 // address (a link mailed to the old address, perhaps a lost mailbox, must not work).
 func (s *store) voidCredentials(ctx context.Context, tx pgx.Tx, before, after user) error {
 	if before.Role != after.Role || before.IsActive != after.IsActive {
-		if err := s.revokeSessions(ctx, tx, after.ID, 0); err != nil {
+		if err := s.revokeSessions(ctx, tx, after.ID); err != nil {
 			return err
 		}
 	}
