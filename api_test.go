@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"maps"
 	"mime"
+	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -401,6 +404,85 @@ func TestUnknownRoutes(t *testing.T) {
 				})
 			}
 		}
+	}
+}
+
+// TestUncleanPaths: a path the mux would redirect to its clean form (// or a . or ..
+// segment) is the JSON 404 of an unknown path, for every method, not a 307 with an HTML body.
+func TestUncleanPaths(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	token := env.tokenFor(t, env.addUser(t, "root", roleAdmin))
+	paths := []string{"//api/users/me", "/api//users/me", "/api/users/me//", "/api/users/./me", "/api/users/../users/me",
+		"/api/x/../users/me", "/./healthz", "/healthz/.", "/api/admin/users/..", "/api/users/me/sessions/./1", "//",
+		"/api/auth//login", "/api/auth/./reset-password/sometoken", "//api/users/me?page=1", "/api/users/%2e/me"}
+	noRedirects := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	for _, path := range paths {
+		for _, method := range []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"} {
+			t.Run(method+" "+path, func(t *testing.T) {
+				t.Parallel()
+				req, err := http.NewRequest(method, env.server.URL+path, strings.NewReader(`{}`))
+				if err != nil {
+					t.Fatal(err)
+				}
+				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("Authorization", "Bearer "+token)
+				resp, err := noRedirects.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer resp.Body.Close()
+				body, _ := io.ReadAll(resp.Body)
+				r := response{status: resp.StatusCode, header: resp.Header, body: body}
+				if loc := r.header.Get("Location"); loc != "" {
+					t.Errorf("Location %q: the path was redirected", loc)
+				}
+				if method == "HEAD" { // no body to read
+					if r.status != http.StatusNotFound || r.header.Get("Content-Type") != "application/json" {
+						t.Errorf("status %d, Content-Type %q; want 404 and application/json", r.status, r.header.Get("Content-Type"))
+					}
+					return
+				}
+				apiExpectError(t, r, http.StatusNotFound)
+				if got := r.message(t); got != "Not found" {
+					t.Errorf("message %q, want %q", got, "Not found")
+				}
+			})
+		}
+	}
+	if strings.Contains(env.logs.String(), `route="GET /api/users/me" status=404`) {
+		t.Error("an unclean path is logged as the route of its clean form")
+	}
+}
+
+// TestAsteriskRequests: a request for "*", which the mux refuses with a bodiless 400, gets a
+// JSON 400. (OPTIONS * is answered by net/http itself, before any handler: an empty 200.)
+func TestAsteriskRequests(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	for _, method := range []string{"GET", "POST", "DELETE", "PRI"} {
+		t.Run(method, func(t *testing.T) {
+			t.Parallel()
+			conn, err := net.Dial("tcp", strings.TrimPrefix(env.server.URL, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			if _, err := io.WriteString(conn, method+" * HTTP/1.1\r\nHost: localhost\r\n\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			r := response{status: resp.StatusCode, header: resp.Header, body: body}
+			apiExpectError(t, r, http.StatusBadRequest)
+			if got := r.message(t); got != "Bad request" {
+				t.Errorf("message %q, want %q", got, "Bad request")
+			}
+		})
 	}
 }
 

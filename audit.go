@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -61,7 +62,7 @@ func (s *store) audit(ctx context.Context, tx pgx.Tx, action string, actorID, ta
 		details = map[string]any{}
 	}
 	_, err := tx.Exec(ctx, `INSERT INTO audit_log (created_at, action, actor_id, target_id, ip, details)
-		VALUES ($1, $2, NULLIF($3, 0), NULLIF($4, 0), $5, $6)`, s.now(), action, actorID, targetID, originOf(ctx).ip, details)
+		VALUES ($1, $2, NULLIF($3::bigint, 0), NULLIF($4::bigint, 0), $5, $6)`, s.now(), action, actorID, targetID, originOf(ctx).ip, details)
 	if err != nil {
 		return fmt.Errorf("audit %s: %w", action, err)
 	}
@@ -76,20 +77,19 @@ func (s *store) auditFailure(ctx context.Context, action string, actorID, target
 	})
 }
 
-// auditFilter selects a page of the audit log.
+// auditFilter selects a page of the audit log. A nil time is no bound: a zero one (year 1)
+// is a bound like any other.
 type auditFilter struct {
 	UserID int64 // actor or target
 	Action string
-	Since  time.Time
-	Until  time.Time
+	Since  *time.Time
+	Until  *time.Time
 	page
 }
 
 // listAudit returns a page of events, newest first, and the number matching in all.
 func (s *store) listAudit(ctx context.Context, f auditFilter) ([]auditEvent, int, error) {
-	const where = ` WHERE ($1 = 0 OR actor_id = $1 OR target_id = $1) AND ($2 = '' OR action = $2)
-		AND ($3::timestamptz IS NULL OR created_at >= $3) AND ($4::timestamptz IS NULL OR created_at < $4)`
-	args := []any{f.UserID, f.Action, nullTime(f.Since), nullTime(f.Until)}
+	where, args := f.where()
 	rows, _ := s.pool.Query(ctx, "SELECT id, created_at, action, actor_id, target_id, ip, details FROM audit_log"+
 		where+" ORDER BY id DESC"+f.limitOffset(), args...)
 	events, err := pgx.CollectRows(rows, pgx.RowToStructByName[auditEvent])
@@ -106,11 +106,32 @@ func (s *store) listAudit(ctx context.Context, f auditFilter) ([]auditEvent, int
 	return events, total, nil
 }
 
-func nullTime(t time.Time) *time.Time {
-	if t.IsZero() {
-		return nil
+// where builds the WHERE clause of an audit-log page from the filters given. Each parameter
+// is typed explicitly: left to infer it from "$1 = 0", PostgreSQL took a user id for a 32-bit
+// integer, and one past 2147483647 failed with a 500.
+func (f auditFilter) where() (string, []any) {
+	var conds []string
+	var args []any
+	add := func(cond string, arg any) { // cond takes its parameter as %[1]d
+		args = append(args, arg)
+		conds = append(conds, fmt.Sprintf(cond, len(args)))
 	}
-	return &t
+	if f.UserID != 0 {
+		add("(actor_id = $%[1]d::bigint OR target_id = $%[1]d::bigint)", f.UserID)
+	}
+	if f.Action != "" {
+		add("action = $%[1]d::text", f.Action)
+	}
+	if f.Since != nil {
+		add("created_at >= $%[1]d::timestamptz", *f.Since)
+	}
+	if f.Until != nil {
+		add("created_at < $%[1]d::timestamptz", *f.Until)
+	}
+	if len(conds) == 0 {
+		return "", nil
+	}
+	return " WHERE " + strings.Join(conds, " AND "), args
 }
 
 func parseAuditFilter(q url.Values) (auditFilter, error) {
@@ -131,9 +152,9 @@ func parseAuditFilter(q url.Values) (auditFilter, error) {
 		case "since", "until":
 			t, err := time.Parse(time.RFC3339, value)
 			if name == "since" {
-				f.Since = t
+				f.Since = &t
 			} else {
-				f.Until = t
+				f.Until = &t
 			}
 			if err != nil {
 				return "must be an RFC 3339 time, e.g. 2026-01-02T15:04:05Z"

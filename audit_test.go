@@ -419,6 +419,16 @@ func TestAuditLogEndpoint(t *testing.T) {
 		{"since=" + url.QueryEscape(t1.In(time.FixedZone("", 2*3600)).Format(time.RFC3339)) + "&until=" + t3.Format(time.RFC3339),
 			func(e auditEntry) bool { return !e.CreatedAt.Before(t1) && e.CreatedAt.Before(t3) }},
 		{"action=" + auditMailNotSent, func(auditEntry) bool { return false }},
+		// The ends of what RFC 3339 can write are bounds like any other: the zero time too.
+		{"until=0001-01-01T00:00:00Z", func(auditEntry) bool { return false }},
+		{"since=0001-01-01T00:00:00Z", func(auditEntry) bool { return true }},
+		{"since=0000-01-01T00:00:00" + url.QueryEscape("+23:59"), func(auditEntry) bool { return true }},
+		{"until=0000-01-01T00:00:00" + url.QueryEscape("+23:59"), func(auditEntry) bool { return false }},
+		{"until=9999-12-31T23:59:59.999999999Z", func(auditEntry) bool { return true }},
+		{"since=9999-12-31T23:59:59Z", func(auditEntry) bool { return false }},
+		{"since=9999-12-31T23:59:59-23:59", func(auditEntry) bool { return false }},
+		{"user_id=2147483648", func(auditEntry) bool { return false }},
+		{"user_id=9223372036854775807", func(auditEntry) bool { return false }},
 	}
 	for _, f := range filters {
 		t.Run(f.query, func(t *testing.T) {
@@ -467,6 +477,15 @@ func TestAuditLogEndpoint(t *testing.T) {
 			{"user_id=0", []string{"user_id"}},
 			{"since=yesterday", []string{"since"}},
 			{"until=2026-01-02", []string{"until"}},
+			{"since=10000-01-01T00:00:00Z", []string{"since"}},
+			{"since=-0001-01-01T00:00:00Z", []string{"since"}},
+			{"until=2026-13-01T00:00:00Z", []string{"until"}},
+			{"until=2026-02-30T00:00:00Z", []string{"until"}},
+			{"until=2026-01-01T24:00:00Z", []string{"until"}},
+			{"until=2026-01-01T23:59:60Z", []string{"until"}},
+			{"until=", []string{"until"}},
+			{"user_id=9223372036854775808", []string{"user_id"}},
+			{"user_id=-1", []string{"user_id"}},
 			{"per_page=0", []string{"per_page"}},
 			{"per_page=201", []string{"per_page"}},
 			{"page=0", []string{"page"}},

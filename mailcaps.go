@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -27,55 +30,76 @@ var (
 	errEmailChangesCapped = fail(errTooMany, "Too many email changes; try again later")
 )
 
-// capEnd is when a cap of limit events per window lifts: a window after the limit-th latest
-// event of the past window, or zero when there are fewer. from is the FROM and WHERE clause
-// selecting the events (with their created_at), with args as $3 on.
-func (s *store) capEnd(ctx context.Context, tx pgx.Tx, limit int, window time.Duration, from string, args ...any) (time.Time, error) {
-	var nth time.Time
-	err := tx.QueryRow(ctx, "SELECT created_at "+from+" AND created_at > $1 ORDER BY created_at DESC OFFSET $2 LIMIT 1",
-		append([]any{s.now().Add(-window), limit - 1}, args...)...).Scan(&nth)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return time.Time{}, nil
+// mailCap is a cap of limit events per window. from is the FROM and WHERE clause selecting
+// the events (with their created_at), its parameters numbered from $1 as if it stood alone.
+type mailCap struct {
+	limit  int
+	window time.Duration
+	from   string
+	args   []any
+}
+
+var sqlParameter = regexp.MustCompile(`\$([0-9]+)`)
+
+// capEnd is when the last of caps to lift lifts, each a window after the limit-th latest of
+// its events of the past window; zero when none holds. One statement for all of them, so that
+// one cap or three cost the same round trip, and the caller that checks them for no account
+// at all runs what it runs for a capped one.
+func (s *store) capEnd(ctx context.Context, tx pgx.Tx, caps ...mailCap) (time.Time, error) {
+	args := []any{s.now()}
+	ends := make([]string, len(caps))
+	for i, c := range caps {
+		offset := len(args)
+		from := sqlParameter.ReplaceAllStringFunc(c.from, func(p string) string {
+			n, _ := strconv.Atoi(p[1:])
+			return "$" + strconv.Itoa(n+offset)
+		})
+		args = append(args, c.args...)
+		window := fmt.Sprintf("interval '%d microseconds'", c.window.Microseconds())
+		ends[i] = fmt.Sprintf("(SELECT created_at + %[1]s %[2]s AND created_at > $1::timestamptz - %[1]s "+
+			"ORDER BY created_at DESC OFFSET %[3]d LIMIT 1)", window, from, c.limit-1)
 	}
-	if err != nil {
+	var end *time.Time
+	if err := tx.QueryRow(ctx, "SELECT GREATEST("+strings.Join(ends, ", ")+")", args...).Scan(&end); err != nil {
 		return time.Time{}, fmt.Errorf("mail cap: %w", err)
 	}
-	return nth.Add(window), nil
-}
-
-// checkMailCap returns errMailCapped when the user was sent as many mails of action (one
-// audit row each) as anyone may ask for, in the past minute or hour.
-func (s *store) checkMailCap(ctx context.Context, tx pgx.Tx, userID int64, action string) error {
-	for _, c := range []struct {
-		limit  int
-		window time.Duration
-	}{{askedMailsPerMinute, time.Minute}, {askedMailsPerHour, time.Hour}} {
-		end, err := s.capEnd(ctx, tx, c.limit, c.window, "FROM audit_log WHERE target_id = $3 AND action = $4", userID, action)
-		if err != nil {
-			return err
-		}
-		if end.After(s.now()) {
-			return errMailCapped
-		}
+	if end == nil {
+		return time.Time{}, nil
 	}
-	return nil
+	return *end, nil
 }
 
-// addressCapEnd is when the cap on mail to email lifts for mail about the user userID; zero or
-// past when it does not hold. Mail about that user does not count, so that accounts taking
-// turns with an address are capped, not its holder.
-func (s *store) addressCapEnd(ctx context.Context, tx pgx.Tx, email string, userID int64) (time.Time, error) {
-	return s.capEnd(ctx, tx, mailsPerAddressPerHour, time.Hour,
-		`FROM mail_outbox WHERE lower(recipient COLLATE "C") = lower($3 COLLATE "C") AND user_id IS DISTINCT FROM $4`, email, userID)
-}
-
-// checkAddressCap returns errMailCapped while u's address is past its cap (see addressCapEnd).
-func (s *store) checkAddressCap(ctx context.Context, tx pgx.Tx, u user) error {
-	end, err := s.addressCapEnd(ctx, tx, u.Email, u.ID)
+// checkCaps returns errMailCapped while one of caps holds.
+func (s *store) checkCaps(ctx context.Context, tx pgx.Tx, caps ...mailCap) error {
+	end, err := s.capEnd(ctx, tx, caps...)
 	if err == nil && end.After(s.now()) {
 		err = errMailCapped
 	}
 	return err
+}
+
+// askedMailCaps are the caps on mail of action (one audit row each) that anyone may ask for
+// to the user userID at email: per account, a minute and an hour, and the address's cap.
+func askedMailCaps(userID int64, email, action string) []mailCap {
+	asked := "FROM audit_log WHERE target_id = $1::bigint AND action = $2::text"
+	return []mailCap{
+		{askedMailsPerMinute, time.Minute, asked, []any{userID, action}},
+		{askedMailsPerHour, time.Hour, asked, []any{userID, action}},
+		addressCap(email, userID),
+	}
+}
+
+// addressCap is the cap on mail to email about other users than userID: accounts taking
+// turns with an address are capped, not its holder.
+func addressCap(email string, userID int64) mailCap {
+	return mailCap{mailsPerAddressPerHour, time.Hour,
+		`FROM mail_outbox WHERE lower(recipient COLLATE "C") = lower($1::text COLLATE "C") AND user_id IS DISTINCT FROM $2::bigint`,
+		[]any{email, userID}}
+}
+
+// checkAddressCap returns errMailCapped while u's address is past its cap (see addressCap).
+func (s *store) checkAddressCap(ctx context.Context, tx pgx.Tx, u user) error {
+	return s.checkCaps(ctx, tx, addressCap(u.Email, u.ID))
 }
 
 // checkNoticeCap returns errMailCapped when a notice to u's address (a changed address or
@@ -92,13 +116,10 @@ func (s *store) checkNoticeCap(ctx context.Context, tx pgx.Tx, u user) error {
 // checkPasswordNoticeCap returns errMailCapped past passwordNoticesPerHour notices to the
 // account, or when checkNoticeCap says so.
 func (s *store) checkPasswordNoticeCap(ctx context.Context, tx pgx.Tx, u user) error {
-	end, err := s.capEnd(ctx, tx, passwordNoticesPerHour, time.Hour, "FROM mail_outbox WHERE kind = $3 AND user_id = $4",
-		mailPasswordChanged, u.ID)
+	err := s.checkCaps(ctx, tx, mailCap{passwordNoticesPerHour, time.Hour,
+		"FROM mail_outbox WHERE kind = $1::text AND user_id = $2::bigint", []any{mailPasswordChanged, u.ID}})
 	if err != nil {
 		return err
-	}
-	if end.After(s.now()) {
-		return errMailCapped
 	}
 	return s.checkNoticeCap(ctx, tx, u)
 }
@@ -115,17 +136,11 @@ func ignoreMailCapped(err error) error {
 // while the user changed address emailChangesPerHour times in the past hour, or email is past
 // its cap. Changes by an admin to another user's address are not capped.
 func (s *store) checkEmailChangeCap(ctx context.Context, tx pgx.Tx, userID int64, email string) error {
-	until, err := s.capEnd(ctx, tx, emailChangesPerHour, time.Hour, `FROM audit_log WHERE actor_id = $3 AND target_id = $3
-		AND action = $4 AND details->'fields' ? 'email'`, userID, auditProfileUpdated)
+	until, err := s.capEnd(ctx, tx, mailCap{emailChangesPerHour, time.Hour, `FROM audit_log WHERE actor_id = $1::bigint
+		AND target_id = $1::bigint AND action = $2::text AND details->'fields' ? 'email'`, []any{userID, auditProfileUpdated}},
+		addressCap(email, userID))
 	if err != nil {
 		return err
-	}
-	addressEnd, err := s.addressCapEnd(ctx, tx, email, userID)
-	if err != nil {
-		return err
-	}
-	if addressEnd.After(until) {
-		until = addressEnd
 	}
 	if until.After(s.now()) {
 		return waitError{until.Sub(s.now()), errEmailChangesCapped}

@@ -83,31 +83,46 @@ func secureHeaders(next http.Handler) http.Handler {
 }
 
 // jsonMuxErrors makes the mux's own replies (unknown route 404, wrong method 405 with its
-// Allow header) JSON like every other error.
+// Allow header, 400 for "*") JSON like every other error. Its redirects of a path that is not
+// clean (//api/users/me, /api/users/./me, /api/x/../users/me: 307 with an HTML body) become
+// the JSON 404 of an unknown path: a resource has one spelling, as an id does, and a client
+// never has to follow a redirect, or read HTML, to learn that it wrote a path wrong.
 func jsonMuxErrors(mux *http.ServeMux) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mux.ServeHTTP(&muxErrorWriter{ResponseWriter: w}, r)
+		mw := &muxErrorWriter{ResponseWriter: w}
+		mux.ServeHTTP(mw, r)
+		if mw.redirect {
+			r.Pattern = "" // the mux set the clean path's route, which did not run: log it unmatched
+		}
 	})
 }
 
-// muxErrorWriter replaces the plain-text body of the mux's 404 or 405 by a JSON message. It
-// tells the mux's replies from the handlers' by their Content-Type: http.Error, which the mux
-// uses, sets text/plain, and every handler here writes JSON. (Asking the mux first whether a
-// route matches would route every request twice.)
+// muxErrorWriter replaces the body of the mux's errors (plain text for a 404 or 405, none for
+// the 400 of a request for "*") by a JSON message, and its redirects by a JSON 404. It tells
+// the mux's replies from the handlers' by their headers: every handler here writes JSON and
+// none redirects, so an error that is not JSON, or a Location, is the mux's. (Asking the mux
+// first whether a route matches would route every request twice.)
 type muxErrorWriter struct {
 	http.ResponseWriter
 	replaced bool
+	redirect bool // the mux redirected, and the reply is a 404 instead
 }
 
 func (w *muxErrorWriter) WriteHeader(status int) {
 	var text string
-	switch status {
-	case http.StatusNotFound:
-		text = "Not found"
-	case http.StatusMethodNotAllowed:
-		text = "Method not allowed"
+	h := w.Header()
+	switch {
+	case status >= 300 && status < 400 && h.Get("Location") != "":
+		h.Del("Location")
+		w.redirect = true
+		status, text = http.StatusNotFound, "Not found"
+	case status < 400 || h.Get("Content-Type") == "application/json" || http.StatusText(status) == "":
+		// a handler's reply, or writeError's bodiless 499 for a client that hung up
+	default: // "Not found", "Method not allowed", "Bad request" (the mux's 400 for a path of "*")
+		text = strings.ToLower(http.StatusText(status))
+		text = strings.ToUpper(text[:1]) + text[1:]
 	}
-	if text == "" || !strings.HasPrefix(w.Header().Get("Content-Type"), "text/plain") {
+	if text == "" {
 		w.ResponseWriter.WriteHeader(status)
 		return
 	}

@@ -38,25 +38,28 @@ func (s *store) createResetToken(ctx context.Context, email string, ttl time.Dur
 
 // sendAskedMail runs send, in a transaction, for the user that lookup (a query of userColumns
 // taking the address as $1) finds, unless the user had their share of the mails counted by
-// action. Otherwise it records auditMailNotSent and returns errNotFound or errMailCapped;
-// either way a row is written and committed, so that the reply's timing says little about
-// whether the account exists.
+// action. Otherwise it records auditMailNotSent and returns errNotFound or errMailCapped.
+// Against enumeration by timing, both of those run the same statements (the lookup, the caps
+// in one statement, for no account too, and the audit row, committed), and a mail sent runs
+// only a few more.
 func (s *store) sendAskedMail(ctx context.Context, lookup, email, action string, send func(pgx.Tx, user) error) error {
 	var notSent error
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		u, err := queryUser(ctx, tx, lookup, email)
-		if err == nil {
-			err = s.checkMailCap(ctx, tx, u.ID, action)
-		}
-		if err == nil {
-			err = s.checkAddressCap(ctx, tx, u)
-		}
-		if errors.Is(err, errNotFound) || errors.Is(err, errMailCapped) {
-			notSent = err
-			return s.audit(ctx, tx, auditMailNotSent, 0, u.ID, map[string]any{"for": action})
-		}
-		if err != nil {
+		if errors.Is(err, errNotFound) {
+			notSent, u = err, user{Email: email} // an id of 0, which no row names
+		} else if err != nil {
 			return err
+		}
+		capped := s.checkCaps(ctx, tx, askedMailCaps(u.ID, u.Email, action)...)
+		if capped != nil && !errors.Is(capped, errMailCapped) {
+			return capped
+		}
+		if notSent == nil {
+			notSent = capped
+		}
+		if notSent != nil {
+			return s.audit(ctx, tx, auditMailNotSent, 0, u.ID, map[string]any{"for": action})
 		}
 		return send(tx, u)
 	})

@@ -481,21 +481,22 @@ func (s *store) listUsers(ctx context.Context, f userFilter) ([]user, int, error
 const listColumns = "id, username, first_name, last_name, email, role, is_active, email_verified, created_at, updated_at"
 
 // where builds the WHERE clause of a user list. Only the present filters appear, so PostgreSQL
-// plans each shape on its own (a trigram index scan for a search, the primary key otherwise).
+// plans each shape on its own (a trigram index scan for a search, the primary key otherwise);
+// each parameter is typed explicitly, never left for PostgreSQL to infer.
 func (f userFilter) where() (string, []any) {
 	var conds []string
 	var args []any
 	if f.Query != "" {
 		args = append(args, "%"+escapeLike(f.Query)+"%")
-		conds = append(conds, "(username ILIKE $1 OR email ILIKE $1 OR first_name ILIKE $1 OR last_name ILIKE $1)")
+		conds = append(conds, "(username ILIKE $1::text OR email ILIKE $1::text OR first_name ILIKE $1::text OR last_name ILIKE $1::text)")
 	}
 	if f.Role != "" {
 		args = append(args, f.Role)
-		conds = append(conds, fmt.Sprintf("role = $%d", len(args)))
+		conds = append(conds, fmt.Sprintf("role = $%d::text", len(args)))
 	}
 	if f.IsActive != nil {
 		args = append(args, *f.IsActive)
-		conds = append(conds, fmt.Sprintf("is_active = $%d", len(args)))
+		conds = append(conds, fmt.Sprintf("is_active = $%d::boolean", len(args)))
 	}
 	if len(conds) == 0 {
 		return "", nil
