@@ -86,7 +86,7 @@ func openStore(ctx context.Context, databaseURL string, keys keySet, now func() 
 	deadline := time.Now().Add(wait)
 	for {
 		err = s.applySchema(ctx)
-		if err == nil || !isUnavailable(err) && !isLockConflict(err) || time.Now().After(deadline) {
+		if err == nil || !isUnavailable(err) && !isLockConflict(err) || refusedConnection(err) != nil || time.Now().After(deadline) {
 			break
 		}
 		select {
