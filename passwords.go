@@ -12,12 +12,18 @@ import (
 // Password resets and changes in the store.
 
 // createResetToken replaces any earlier reset token of the active user with this email by a
-// new one and returns it. Only its SHA-256 is stored. errNotFound when there is no such user,
-// errMailCapped when it has had its share of reset mails.
+// new one and returns it. Only its SHA-256 is stored. errNotFound when there is no such user
+// (a deactivated one is still named by its mail_not_sent row), errMailCapped when it has had
+// its share of reset mails.
 func (s *store) createResetToken(ctx context.Context, email string, ttl time.Duration) (string, error) {
 	token := randomToken()
-	lookup := "SELECT " + userColumns + " FROM users WHERE lower(email) = lower($1) AND is_active FOR UPDATE"
+	lookup := "SELECT " + userColumns + " FROM users WHERE lower(email) = lower($1) FOR UPDATE"
+	inactive := false
 	err := s.sendAskedMail(ctx, lookup, email, auditPasswordResetRequest, func(tx pgx.Tx, u user) error {
+		if !u.IsActive {
+			inactive = true
+			return s.audit(ctx, tx, auditMailNotSent, 0, u.ID, map[string]any{"for": auditPasswordResetRequest})
+		}
 		if _, err := tx.Exec(ctx, "DELETE FROM password_reset_tokens WHERE user_id = $1", u.ID); err != nil {
 			return err
 		}
@@ -33,6 +39,9 @@ func (s *store) createResetToken(ctx context.Context, email string, ttl time.Dur
 		}
 		return s.audit(ctx, tx, auditPasswordResetRequest, 0, u.ID, nil)
 	})
+	if err == nil && inactive {
+		return "", errNotFound
+	}
 	return token, err
 }
 

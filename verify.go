@@ -35,12 +35,23 @@ func (s *store) queueVerification(ctx context.Context, tx pgx.Tx, u user, ttl ti
 }
 
 // resendVerification queues a new verification mail for the active, unverified user with this
-// address. errNotFound when there is none, errMailCapped past the cap.
+// address. errNotFound when there is none, errMailCapped past the cap. An account that has
+// the address but needs no mail (verified already, or deactivated) is named as the target of
+// its mail_not_sent row, as the audit table promises for an account that exists.
 func (s *store) resendVerification(ctx context.Context, email string, ttl time.Duration) error {
-	lookup := "SELECT " + userColumns + " FROM users WHERE lower(email) = lower($1) AND is_active AND NOT email_verified FOR UPDATE"
-	return s.sendAskedMail(ctx, lookup, email, auditVerificationRequested, func(tx pgx.Tx, u user) error {
+	lookup := "SELECT " + userColumns + " FROM users WHERE lower(email) = lower($1) FOR UPDATE"
+	needless := false
+	err := s.sendAskedMail(ctx, lookup, email, auditVerificationRequested, func(tx pgx.Tx, u user) error {
+		if u.EmailVerified || !u.IsActive {
+			needless = true
+			return s.audit(ctx, tx, auditMailNotSent, 0, u.ID, map[string]any{"for": auditVerificationRequested})
+		}
 		return s.queueVerification(ctx, tx, u, ttl)
 	})
+	if err == nil && needless {
+		err = errNotFound
+	}
+	return err
 }
 
 // verifyEmail consumes a verification token and marks its address verified. A token works
