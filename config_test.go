@@ -221,7 +221,7 @@ func TestLoadConfigURLsAndAddresses(t *testing.T) {
 	t.Parallel()
 	for _, env := range []map[string]string{
 		{"ADDR": "127.0.0.1:0"}, {"ADDR": ":0"}, {"ADDR": ":8080"}, {"ADDR": "0.0.0.0:80"}, {"ADDR": "[::1]:8080"},
-		{"ADDR": "[::]:65535"}, {"ADDR": "localhost:8080"}, {"ADDR": "users-1.internal.example.com:443"},
+		{"ADDR": "[::]:65535"}, {"ADDR": "localhost:8080"}, {"ADDR": "users-1.internal.example.com:443"}, {"ADDR": "user_mgmt:8080"},
 		{"PUBLIC_URL": "http://localhost:8080/"}, {"PUBLIC_URL": "https://example.com/users"}, {"PUBLIC_URL": "HTTPS://Example.COM"},
 		{"PUBLIC_URL": "http://[::1]:8080"}, {"PUBLIC_URL": "http://192.0.2.1"},
 		{"PASSWORD_RESET_URL": "https://app.example.com/reset?token={token}"},

@@ -298,8 +298,8 @@ func validListenAddr(addr string) bool {
 	return validHostname(host)
 }
 
-// validHostname reports whether host is a DNS name: dot-separated labels of letters, digits
-// and inner hyphens.
+// validHostname reports whether host is a host name: dot-separated labels of letters, digits,
+// inner hyphens and underscores (which container service names may have).
 func validHostname(host string) bool {
 	if len(host) > 253 {
 		return false
@@ -309,7 +309,7 @@ func validHostname(host string) bool {
 			return false
 		}
 		for _, c := range label {
-			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-') {
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
 				return false
 			}
 		}
@@ -332,11 +332,11 @@ func validWebURL(v string, withQuery bool) bool {
 // password. pgx masks the password where it can tell where it is; quoted parts of its reason
 // may be cut from a malformed one, so they are dropped.
 func databaseURLProblem(err error) string {
-	reason := err.Error()
-	if i := strings.LastIndex(reason, "`: "); i >= 0 {
-		reason = reason[i+len("`: "):] // after "cannot parse `<the masked string>`"
+	reason := "not a connection string pgx knows"
+	if text := err.Error(); strings.Contains(text, "`: ") {
+		reason = text[strings.LastIndex(text, "`: ")+len("`: "):] // after "cannot parse `<the masked string>`"
 	}
-	reason = quoted.ReplaceAllString(reason, `"…"`)
+	reason = quotedText.ReplaceAllString(reason, `"…"`)
 	hint := "the form is postgres://USER:PASSWORD@HOST:5432/DATABASE?sslmode=disable"
 	if strings.Contains(reason, "URL") {
 		hint = "in the user name and password, write % as %25, @ as %40, / as %2F, : as %3A, # as %23, ? as %3F and a space as %20"
@@ -344,7 +344,7 @@ func databaseURLProblem(err error) string {
 	return fmt.Sprintf("DATABASE_URL does not parse: %s (%s)", reason, hint)
 }
 
-var quoted = regexp.MustCompile(`"[^"]*"`)
+var quotedText = regexp.MustCompile(`"[^"]*"`)
 
 // openError says what kept the database from opening. pgx's own messages name the user, the
 // database and the server, never the password.
