@@ -164,6 +164,40 @@ func TestLoadConfigErrors(t *testing.T) {
 			[]string{"MAIL_USE_TLS", "MAIL_USE_SSL"}},
 		{"every problem at once is named", map[string]string{"DATABASE_URL": "", "JWT_SECRET_KEY": "short", "BCRYPT_COST": "x",
 			"MAIL_BACKEND": "carrier-pigeon"}, []string{"DATABASE_URL", "JWT_SECRET_KEY", "BCRYPT_COST", "MAIL_BACKEND"}},
+		{"a bad ADDR beside another bad setting", map[string]string{"ADDR": "nope", "BCRYPT_COST": "3", "PUBLIC_URL": "notaurl"},
+			[]string{"ADDR", "BCRYPT_COST", "PUBLIC_URL"}},
+		{"DATABASE_URL that does not parse", map[string]string{"DATABASE_URL": "postgres://%zz"}, []string{"configuration:", "DATABASE_URL"}},
+		{"DATABASE_URL with a bad port", map[string]string{"DATABASE_URL": "postgres://localhost:99999/db"}, []string{"DATABASE_URL", "port"}},
+		{"DATABASE_URL with a bad sslmode", map[string]string{"DATABASE_URL": "postgres://localhost/db?sslmode=bogus"},
+			[]string{"DATABASE_URL", "sslmode"}},
+		{"DATABASE_URL as a bad DSN", map[string]string{"DATABASE_URL": "host=localhost port=zz"}, []string{"DATABASE_URL", "port"}},
+	}
+	for _, addr := range []string{"nope", "127.0.0.1:99999", "127.0.0.1:65536", ":-1", ":+80", "127.0.0.1", "127.0.0.1:", ":http",
+		"[::1]", "::1:8080", "bad host:80", "-bad:80", "a..b:80", "http://localhost:8080"} {
+		tests = append(tests, struct {
+			name string
+			env  map[string]string
+			want []string
+		}{"ADDR=" + addr, map[string]string{"ADDR": addr}, []string{"ADDR"}})
+	}
+	for _, u := range []string{"notaurl", "localhost:8080", "/relative", "ftp://users.example.com", "http://", "https://:443",
+		"http:users.example.com", "https://users.example.com?x=1", "https://users.example.com/?", "https://users.example.com/#top",
+		"https://users.example.com#", "https://admin:secret@users.example.com", "https://exa mple.com", "javascript:alert(1)"} {
+		tests = append(tests, struct {
+			name string
+			env  map[string]string
+			want []string
+		}{"PUBLIC_URL=" + u, map[string]string{"PUBLIC_URL": u}, []string{"PUBLIC_URL"}})
+	}
+	for _, name := range []string{"PASSWORD_RESET_URL", "EMAIL_VERIFICATION_URL"} {
+		for _, u := range []string{"{token}", "notaurl/{token}", "ftp://app.example.com/{token}", "https:///{token}",
+			"https://user:pw@app.example.com/{token}", "https://app.example.com/reset"} {
+			tests = append(tests, struct {
+				name string
+				env  map[string]string
+				want []string
+			}{name + "=" + u, map[string]string{name: u}, []string{name}})
+		}
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -178,6 +212,55 @@ func TestLoadConfigErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestLoadConfigURLsAndAddresses: the forms of ADDR, PUBLIC_URL and the mail links that must
+// keep working.
+func TestLoadConfigURLsAndAddresses(t *testing.T) {
+	t.Parallel()
+	for _, env := range []map[string]string{
+		{"ADDR": "127.0.0.1:0"}, {"ADDR": ":0"}, {"ADDR": ":8080"}, {"ADDR": "0.0.0.0:80"}, {"ADDR": "[::1]:8080"},
+		{"ADDR": "[::]:65535"}, {"ADDR": "localhost:8080"}, {"ADDR": "users-1.internal.example.com:443"}, {"ADDR": "user_mgmt:8080"},
+		{"PUBLIC_URL": "http://localhost:8080/"}, {"PUBLIC_URL": "https://example.com/users"}, {"PUBLIC_URL": "HTTPS://Example.COM"},
+		{"PUBLIC_URL": "http://[::1]:8080"}, {"PUBLIC_URL": "http://192.0.2.1"},
+		{"PASSWORD_RESET_URL": "https://app.example.com/reset?token={token}"},
+		{"EMAIL_VERIFICATION_URL": "https://app.example.com/#/verify/{token}"},
+		{"DATABASE_URL": "postgres:///usermgmt?host=/var/run/postgresql&port=5432"},
+		{"DATABASE_URL": "host=/var/run/postgresql dbname=usermgmt"},
+		{"DATABASE_URL": "postgresql://u:p%40ss%2Fw%25rd@db.example.com:5433/usermgmt?sslmode=require"},
+	} {
+		if _, err := loadConfig(envOf(configEnv(env))); err != nil {
+			t.Errorf("%v: %v", env, err)
+		}
+	}
+}
+
+// TestLoadConfigKeepsTheDatabasePasswordSecret: a DATABASE_URL that does not parse is named,
+// but whatever its password looks like, no part of it appears in the message.
+func TestLoadConfigKeepsTheDatabasePasswordSecret(t *testing.T) {
+	t.Parallel()
+	for _, databaseURL := range []string{
+		"postgres://bob:Pw9secret%zz@localhost/db",
+		"postgres://bob:Pw9secret%zz/x@localhost/db",
+		"postgres://bob:Pw9secret/x@localhost/db",
+		"postgres://bob:Pw9 secret@localhost/db",
+		"postgres://bob:Pw9secret@localhost:99999/db",
+		"postgres://bob:Pw9secret@local host/db",
+		"postgres://bob@localhost/db?password=Pw9secret%zz",
+		"postgres://bob:Pw9secret@localhost/db?connect_timeout=Pw9secret",
+		"host=localhost password='Pw9\\'secret x' port=zz",
+		"host=localhost password=Pw9secret port=zz",
+		"host='localhost password=Pw9secret",
+	} {
+		_, err := loadConfig(envOf(configEnv(map[string]string{"DATABASE_URL": databaseURL})))
+		if err == nil {
+			t.Errorf("%s accepted", databaseURL)
+			continue
+		}
+		if msg := err.Error(); !strings.Contains(msg, "DATABASE_URL") || strings.Contains(msg, "Pw9") || strings.Contains(msg, "secret") {
+			t.Errorf("DATABASE_URL %s: %q, want a message naming DATABASE_URL without its password", databaseURL, msg)
+		}
 	}
 }
 

@@ -14,13 +14,18 @@ import (
 	"net/http"
 	"net/mail"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/signal"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 func main() {
@@ -64,7 +69,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	runtime.GOMAXPROCS(runtime.NumCPU() + cfg.bcryptConcurrency)
 	st, err := openStore(ctx, cfg.databaseURL, cfg.keys, time.Now, 30*time.Second)
 	if err != nil {
-		return fmt.Errorf("%w (is PostgreSQL running? `make run` starts it)", err)
+		return openError(err)
 	}
 	defer st.close()
 	if *createAdmin {
@@ -241,6 +246,14 @@ func loadConfig(getenv func(string) string) (config, error) {
 	}
 	if cfg.databaseURL == "" {
 		problems = append(problems, "DATABASE_URL is required (`make run` writes one to .env)")
+	} else if _, err := pgxpool.ParseConfig(cfg.databaseURL); err != nil {
+		problems = append(problems, databaseURLProblem(err))
+	}
+	if !validListenAddr(cfg.addr) {
+		problems = append(problems, "ADDR must be host:port or :port with a port from 0 to 65535, e.g. :8080 or 127.0.0.1:8080")
+	}
+	if getenv("PUBLIC_URL") != "" && !validWebURL(cfg.mail.publicURL, false) {
+		problems = append(problems, "PUBLIC_URL must be an absolute http:// or https:// URL with a host and no query or fragment, e.g. https://users.example.com")
 	}
 	if len(secret) < 32 {
 		problems = append(problems, "JWT_SECRET_KEY is required and must be at least 32 bytes (try: openssl rand -hex 32)")
@@ -249,8 +262,8 @@ func loadConfig(getenv func(string) string) (config, error) {
 		problems = append(problems, "JWT_SECRET_KEY_PREVIOUS must be at least 32 bytes when set")
 	}
 	for _, name := range []string{"PASSWORD_RESET_URL", "EMAIL_VERIFICATION_URL"} {
-		if v := getenv(name); v != "" && !strings.Contains(v, "{token}") {
-			problems = append(problems, name+" must contain {token}")
+		if v := getenv(name); v != "" && (!strings.Contains(v, "{token}") || !validWebURL(v, true)) {
+			problems = append(problems, name+" must be an absolute http:// or https:// URL with a host, containing {token}")
 		}
 	}
 	switch cfg.mail.backend {
@@ -269,6 +282,104 @@ func loadConfig(getenv func(string) string) (config, error) {
 		return cfg, errors.New("configuration: " + strings.Join(problems, "; "))
 	}
 	return cfg, nil
+}
+
+// validListenAddr reports whether addr is a listen address: an optional host (a name or an IP
+// address) and a decimal port, where 0 lets the system pick one.
+func validListenAddr(addr string) bool {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return false
+	}
+	if _, err := netip.ParseAddr(host); host == "" || err == nil {
+		return true
+	}
+	return validHostname(host)
+}
+
+// validHostname reports whether host is a host name: dot-separated labels of letters, digits,
+// inner hyphens and underscores (which container service names may have).
+func validHostname(host string) bool {
+	if len(host) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(strings.TrimSuffix(host, "."), ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, c := range label {
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// validWebURL reports whether v is an absolute http or https URL with a host and no user
+// information (which would put a password in every mail). withQuery allows a query and a
+// fragment, which a base URL must not have: paths are appended to it.
+func validWebURL(v string, withQuery bool) bool {
+	u, err := url.Parse(v)
+	if err != nil || u.Scheme != "http" && u.Scheme != "https" || u.Opaque != "" || u.User != nil || u.Hostname() == "" {
+		return false
+	}
+	return withQuery || u.RawQuery == "" && !u.ForceQuery && u.Fragment == "" && !strings.Contains(v, "#")
+}
+
+// databaseURLProblem says why DATABASE_URL does not parse, without quoting it: it may hold a
+// password. pgx masks the password where it can tell where it is; quoted parts of its reason
+// may be cut from a malformed one, so they are dropped.
+func databaseURLProblem(err error) string {
+	reason := "not a connection string pgx knows"
+	if text := err.Error(); strings.Contains(text, "`: ") {
+		reason = text[strings.LastIndex(text, "`: ")+len("`: "):] // after "cannot parse `<the masked string>`"
+	}
+	reason = quotedText.ReplaceAllString(reason, `"…"`)
+	hint := "the form is postgres://USER:PASSWORD@HOST:5432/DATABASE?sslmode=disable"
+	if strings.Contains(reason, "URL") {
+		hint = "in the user name and password, write % as %25, @ as %40, / as %2F, : as %3A, # as %23, ? as %3F and a space as %20"
+	}
+	return fmt.Sprintf("DATABASE_URL does not parse: %s (%s)", reason, hint)
+}
+
+var quotedText = regexp.MustCompile(`"[^"]*"`)
+
+// openError says what kept the database from opening. pgx's own messages name the user, the
+// database and the server, never the password.
+func openError(err error) error {
+	if pgErr := refusedConnection(err); pgErr != nil && pgErr.Code == "3D000" {
+		return fmt.Errorf("DATABASE_URL: %s on %s: create it, or name another database", pgErr.Message, serverOf(err))
+	} else if pgErr != nil {
+		return fmt.Errorf("DATABASE_URL: %s refused the login: %s: check the user name and password", serverOf(err), pgErr.Message)
+	}
+	if isUnavailable(err) {
+		return fmt.Errorf("DATABASE_URL: %w (is PostgreSQL running? `make run` starts it)", err)
+	}
+	return fmt.Errorf("open database: %w", err)
+}
+
+// refusedConnection is the server's refusal of DATABASE_URL itself, or nil: the database does
+// not exist (3D000), or the login was refused (28P01 a wrong password, 28000 an unknown role or
+// no pg_hba.conf entry). Waiting for the server does not mend these.
+func refusedConnection(err error) *pgconn.PgError {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && (pgErr.Code == "3D000" || pgErr.Code == "28P01" || pgErr.Code == "28000") {
+		return pgErr
+	}
+	return nil
+}
+
+// serverOf names the PostgreSQL server of a connection error: host (or socket directory) and port.
+func serverOf(err error) string {
+	var connectErr *pgconn.ConnectError
+	if !errors.As(err, &connectErr) {
+		return "the server"
+	}
+	return fmt.Sprintf("the server at %s", net.JoinHostPort(connectErr.Config.Host, strconv.Itoa(int(connectErr.Config.Port))))
 }
 
 // portSuffix returns ":port" of a listen address, for the default PUBLIC_URL.

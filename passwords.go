@@ -12,12 +12,13 @@ import (
 // Password resets and changes in the store.
 
 // createResetToken replaces any earlier reset token of the active user with this email by a
-// new one and returns it. Only its SHA-256 is stored. errNotFound when there is no such user,
-// errMailCapped when it has had its share of reset mails.
+// new one and returns it. Only its SHA-256 is stored. errNotFound when there is no such user
+// (a deactivated one is still named by its mail_not_sent row), errMailCapped when it has had
+// its share of reset mails.
 func (s *store) createResetToken(ctx context.Context, email string, ttl time.Duration) (string, error) {
 	token := randomToken()
-	lookup := "SELECT " + userColumns + ` FROM users WHERE lower(email COLLATE "C") = lower($1 COLLATE "C") AND is_active FOR UPDATE`
-	err := s.sendAskedMail(ctx, lookup, email, auditPasswordResetRequest, func(tx pgx.Tx, u user) error {
+	isActive := func(u user) bool { return u.IsActive }
+	err := s.sendAskedMail(ctx, email, auditPasswordResetRequest, isActive, func(tx pgx.Tx, u user) error {
 		if _, err := tx.Exec(ctx, "DELETE FROM password_reset_tokens WHERE user_id = $1", u.ID); err != nil {
 			return err
 		}
@@ -33,23 +34,30 @@ func (s *store) createResetToken(ctx context.Context, email string, ttl time.Dur
 		}
 		return s.audit(ctx, tx, auditPasswordResetRequest, 0, u.ID, nil)
 	})
-	return token, err
+	if err != nil {
+		return "", err
+	}
+	return token, nil
 }
 
-// sendAskedMail runs send, in a transaction, for the user that lookup (a query of userColumns
-// taking the address as $1) finds, unless the user had their share of the mails counted by
-// action. Otherwise it records auditMailNotSent and returns errNotFound or errMailCapped.
-// Against enumeration by timing, both of those run the same statements (the lookup, the caps
-// in one statement, for no account too, and the audit row, committed), and a mail sent runs
-// only a few more.
-func (s *store) sendAskedMail(ctx context.Context, lookup, email, action string, send func(pgx.Tx, user) error) error {
+// sendAskedMail runs send, in a transaction, for the user with this address, unless there is
+// none, wanted says it needs no such mail (deactivated, say), or it had its share of the mails
+// counted by action. Otherwise it records auditMailNotSent (naming the account when one has
+// the address) and returns errNotFound or errMailCapped. Against enumeration by timing, all of
+// those run the same statements (the lookup, the caps in one statement, for no account too,
+// and the audit row, committed), and a mail sent runs only a few more.
+func (s *store) sendAskedMail(ctx context.Context, email, action string, wanted func(user) bool, send func(pgx.Tx, user) error) error {
+	lookup := "SELECT " + userColumns + ` FROM users WHERE lower(email COLLATE "C") = lower($1 COLLATE "C") FOR UPDATE`
 	var notSent error
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		u, err := queryUser(ctx, tx, lookup, email)
-		if errors.Is(err, errNotFound) {
+		switch {
+		case errors.Is(err, errNotFound):
 			notSent, u = err, user{Email: email} // an id of 0, which no row names
-		} else if err != nil {
+		case err != nil:
 			return err
+		case !wanted(u):
+			notSent = errNotFound
 		}
 		capped := s.checkCaps(ctx, tx, askedMailCaps(u.ID, u.Email, action)...)
 		if capped != nil && !errors.Is(capped, errMailCapped) {

@@ -8,9 +8,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -201,5 +203,64 @@ func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("exit after SIGTERM: %v\n%s", err, out.String())
+	}
+}
+
+// TestRunSaysWhatIsWrongWithTheDatabase: each way DATABASE_URL can fail at start gets its own
+// message, none of them showing the password, and only an unreachable server is asked whether
+// PostgreSQL runs.
+func TestRunSaysWhatIsWrongWithTheDatabase(t *testing.T) {
+	t.Parallel()
+	const password = "Pw9-not-to-be-shown"
+	server, err := url.Parse(adminDatabaseURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	missing := *server
+	missing.Path = "/test_missing_" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	missing.User = url.UserPassword(server.User.Username(), password)
+	stranger := *server
+	stranger.User = url.UserPassword("no_such_role_of_usermgmt", password)
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closedURL := "postgres://usermgmt:" + password + "@" + closed.Addr().String() + "/usermgmt"
+	closed.Close()
+	tests := []struct {
+		name, databaseURL string
+		want              []string
+		running           bool // whether the message asks if PostgreSQL is running
+	}{
+		{"a URL that does not parse", "postgres://usermgmt:" + password + "%zz@localhost/usermgmt",
+			[]string{"configuration:", "DATABASE_URL", "does not parse"}, false},
+		{"a database that does not exist", missing.String(),
+			[]string{"DATABASE_URL", strings.TrimPrefix(missing.Path, "/"), "does not exist"}, false},
+		{"a role that may not log in", stranger.String(),
+			[]string{"DATABASE_URL", "refused the login", "no_such_role_of_usermgmt"}, false},
+		// Refused connections are retried for 30 s, as at a cold start: this case takes that long.
+		{"no server listening", closedURL, []string{"DATABASE_URL", closed.Addr().String(), "connection refused"}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			env := map[string]string{"DATABASE_URL": tt.databaseURL, "JWT_SECRET_KEY": secret32, "ADDR": "127.0.0.1:0"}
+			err := run(context.Background(), []string{"usermgmt", "-env-file="}, envOf(env), strings.NewReader(""), io.Discard)
+			if err == nil {
+				t.Fatal("run started")
+			}
+			msg := err.Error()
+			for _, want := range tt.want {
+				if !strings.Contains(msg, want) {
+					t.Errorf("%q does not mention %q", msg, want)
+				}
+			}
+			if strings.Contains(msg, password) || strings.Contains(msg, "Pw9") {
+				t.Errorf("%q shows the password", msg)
+			}
+			if asks := strings.Contains(msg, "is PostgreSQL running?"); asks != tt.running {
+				t.Errorf("%q: asks whether PostgreSQL is running: %v, want %v", msg, asks, tt.running)
+			}
+		})
 	}
 }

@@ -86,7 +86,7 @@ func openStore(ctx context.Context, databaseURL string, keys keySet, now func() 
 	deadline := time.Now().Add(wait)
 	for {
 		err = s.applySchema(ctx)
-		if err == nil || !isUnavailable(err) && !isLockConflict(err) || time.Now().After(deadline) {
+		if err == nil || !isUnavailable(err) && !isLockConflict(err) || refusedConnection(err) != nil || time.Now().After(deadline) {
 			break
 		}
 		select {
@@ -183,7 +183,7 @@ func (s *store) createUser(ctx context.Context, u newUser, passwordHash string, 
 		}
 		return s.audit(ctx, tx, auditRegister, id, id, nil)
 	})
-	return id, err
+	return id, s.takenFields(ctx, err, 0, &u.Username, &u.Email)
 }
 
 func insertUser(ctx context.Context, tx pgx.Tx, u newUser, passwordHash, role string, verified bool) (int64, error) {
@@ -219,7 +219,7 @@ func (s *store) createFirstAdmin(ctx context.Context, u newUser, passwordHash st
 		}
 		return s.audit(ctx, tx, auditAdminCreated, 0, id, map[string]any{"username": u.Username})
 	})
-	return id, err
+	return id, s.takenFields(ctx, err, 0, &u.Username, &u.Email)
 }
 
 // userByID returns the user with the given id, or errNotFound.
@@ -323,7 +323,7 @@ func (s *store) updateUser(ctx context.Context, actor user, id int64, p userPatc
 		}
 		return s.auditUpdate(ctx, tx, actor, target, updated)
 	})
-	return updated, err
+	return updated, s.takenFields(ctx, err, id, p.Username, p.Email)
 }
 
 // voidCredentials ends what an update made stale: the sessions of a user whose role or active
@@ -519,8 +519,42 @@ func uniqueViolation(err error) error {
 	if strings.Contains(pgErr.ConstraintName, "email") {
 		field = "email"
 	}
-	return &clientError{kind: errConflict, message: strings.ToUpper(field[:1]) + field[1:] + " already exists",
-		fields: map[string]string{field: "already taken"}}
+	return takenError(field == "username", field == "email")
+}
+
+// takenError is the conflict naming the taken fields, at least one of the two.
+func takenError(username, email bool) error {
+	e := &clientError{kind: errConflict, message: "Username and email already exist",
+		fields: map[string]string{"username": "already taken", "email": "already taken"}}
+	switch {
+	case !email:
+		e.message = "Username already exists"
+		delete(e.fields, "email")
+	case !username:
+		e.message = "Email already exists"
+		delete(e.fields, "username")
+	}
+	return e
+}
+
+// takenFields widens the conflict err of a write that gave a user username and email (nil:
+// left alone) to every one of them another user than except holds, since the index that
+// failed the write names only one. That one stays named even if its holder is gone by now.
+func (s *store) takenFields(ctx context.Context, err error, except int64, username, email *string) error {
+	var ce *clientError
+	if !errors.As(err, &ce) || !errors.Is(err, errConflict) || ce.fields["username"] == "" && ce.fields["email"] == "" {
+		return err
+	}
+	var usernameTaken, emailTaken bool
+	// After the write's transaction: it was undone, and holds no connection while this runs.
+	lookupErr := s.pool.QueryRow(ctx, `SELECT
+			EXISTS (SELECT 1 FROM users WHERE lower(username) = lower($2) AND id <> $1),
+			EXISTS (SELECT 1 FROM users WHERE lower(email) = lower($3) AND id <> $1)`,
+		except, username, email).Scan(&usernameTaken, &emailTaken)
+	if lookupErr != nil {
+		return err // the conflict found stands on its own
+	}
+	return takenError(usernameTaken || ce.fields["username"] != "", emailTaken || ce.fields["email"] != "")
 }
 
 // randomToken returns 256 random bits, base64url-encoded (43 characters).

@@ -97,6 +97,22 @@ socket_dir() { # socket_dir PORT: the first directory the cluster puts its socke
   as_postgres psql -p "$1" -qAtc 'SHOW unix_socket_directories' | cut -d, -f1 | tr -d ' '
 }
 
+# warn_if_in_use: the database of a DATABASE_URL this script manages may be one it made on an
+# earlier run, or for another checkout on this machine (the name is the same), and hold its
+# users: then -create-admin refuses and the walkthrough's registrations meet 409. Say so.
+warn_if_in_use() {
+  local url name users
+  url=$(env_value DATABASE_URL)
+  name=${url#postgres:///}
+  name=${name%%\?*}
+  # No users table (a database just made) or no answer: nothing to warn about.
+  users=$(psql "$url" -qAtc 'SELECT count(*) FROM users' 2>/dev/null) || return 0
+  [ "${users:-0}" -gt 0 ] || return 0
+  log "reusing database \"$name\", which already holds $users user(s) from an earlier run or another checkout;"
+  log "  -create-admin will refuse (an admin exists) and the walkthrough's names may be taken. For a fresh database,"
+  log "  delete the DATABASE_URL line from $env_file and run again with another name: USERMGMT_DB_NAME=${name}_2 make run"
+}
+
 main() {
   touch "$env_file"
   chmod 600 "$env_file"
@@ -105,15 +121,17 @@ main() {
   elif [ -n "$(env_value DATABASE_URL)" ]; then
     install_postgres
     start_cluster >/dev/null
+    warn_if_in_use
   else
     install_postgres
     local port
     port=$(start_cluster)
     create_role_and_database "$port"
-    echo "$managed_marker" >>"$env_file"
+    grep -q "^$managed_marker" "$env_file" || echo "$managed_marker" >>"$env_file"
     add_env DATABASE_URL "postgres:///$db_name?host=$(socket_dir "$port")&port=$port"
     # A local development set-up: reset tokens come back in API replies, no mail server needed.
     add_env MAIL_BACKEND dummy
+    warn_if_in_use
   fi
   add_env JWT_SECRET_KEY "$(random_secret 64)"
 }
