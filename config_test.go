@@ -1,9 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"io"
-	"log/slog"
 	"maps"
 	"net/mail"
 	"os"
@@ -438,15 +438,34 @@ func TestRunRefusesBadConfiguration(t *testing.T) {
 	}
 }
 
-// TestPprofOnlyOnLoopback: profiles are never served on an address others can reach.
-func TestPprofOnlyOnLoopback(t *testing.T) {
-	t.Parallel()
-	for _, addr := range []string{"0.0.0.0:6060", ":6060", "192.0.2.1:6060", "localhost6060"} {
-		if err := servePprof(addr, slog.New(slog.NewTextHandler(io.Discard, nil))); err == nil {
-			t.Errorf("-pprof %s accepted, want refused", addr)
+// FuzzParseEnvFile: parseEnvFile never panics on any input, and a KEY=VALUE line without
+// quotes gives back exactly that key and value.
+func FuzzParseEnvFile(f *testing.F) {
+	f.Add([]byte("A=1\n# comment\n\nexport B='x y'\nC=\"q\"\n"), "KEY", "value")
+	f.Add([]byte("=novalue\n"), "DATABASE_URL", "postgres://u:p@localhost:5432/db?sslmode=disable")
+	f.Add([]byte("noequals\n"), "K", "a=b=c")
+	f.Add([]byte("K=\"\n'\n\"'\n"), "K", "")
+	f.Add([]byte(strings.Repeat("x", 70000)), "K", "v # not a comment")
+	f.Fuzz(func(t *testing.T, data []byte, key, value string) {
+		_, _ = parseEnvFile(bytes.NewReader(data)) // must not panic
+		if !apiPlainEnvLine(key, value) {
+			return
 		}
-	}
-	if err := servePprof("127.0.0.1:0", slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
-		t.Errorf("-pprof 127.0.0.1:0: %v", err)
-	}
+		got, err := parseEnvFile(strings.NewReader(key + "=" + value + "\n"))
+		if err != nil {
+			t.Fatalf("parseEnvFile(%q): %v", key+"="+value, err)
+		}
+		if len(got) != 1 || got[key] != value {
+			t.Errorf("parseEnvFile(%q) = %q, want {%q: %q}", key+"="+value, got, key, value)
+		}
+	})
+}
+
+// apiPlainEnvLine reports whether KEY=VALUE is one plain .env line: no quotes, no line break,
+// no surrounding space, a key that is neither a comment nor "export ..." and holds no "=".
+func apiPlainEnvLine(key, value string) bool {
+	line := key + "=" + value
+	return key != "" && strings.TrimSpace(key) == key && strings.TrimSpace(value) == value &&
+		!strings.HasPrefix(key, "#") && !strings.HasPrefix(key, "export ") && !strings.Contains(key, "=") &&
+		!strings.ContainsAny(line, "\"'\n\r") && len(line) < 60000
 }

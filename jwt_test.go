@@ -437,3 +437,36 @@ func FuzzAuthorizationHeader(f *testing.F) {
 		}
 	})
 }
+
+func TestKeyRotation(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	env.addUser(t, "alice", roleUser)
+	keyA := env.cfg.keys.current.secret
+	keyB := []byte("rotated-secret-rotated-secret-0123456789")
+	underA := env.loginPair(t, "alice")
+	kidA, _ := tokenParts(t, underA.access)
+	kidB := newSigningKey(keyB).id
+	if kidA != env.cfg.keys.current.id || kidA == kidB {
+		t.Fatalf("token kid %q, want key A's %q (key B's is %q)", kidA, env.cfg.keys.current.id, kidB)
+	}
+
+	rotated := env.cfg
+	rotated.keys = newKeySet(keyB, keyA)
+	second := env.anotherInstance(t, rotated)
+	second.do(t, "GET", "/api/users/me", underA.access, nil).expect(t, http.StatusOK)
+	fromRefresh := pairOf(t, second.refresh(t, underA.refresh))
+	fromLogin := second.loginPair(t, "alice")
+	for _, p := range []tokenPair{fromRefresh, fromLogin} {
+		if kid, _ := tokenParts(t, p.access); kid != kidB {
+			t.Errorf("new token signed with kid %q, want key B's %q", kid, kidB)
+		}
+		second.do(t, "GET", "/api/users/me", p.access, nil).expect(t, http.StatusOK)
+	}
+
+	onlyB := env.cfg
+	onlyB.keys = newKeySet(keyB, nil)
+	third := env.anotherInstance(t, onlyB)
+	third.do(t, "GET", "/api/users/me", underA.access, nil).expect(t, http.StatusUnauthorized)
+	third.do(t, "GET", "/api/users/me", fromLogin.access, nil).expect(t, http.StatusOK)
+}

@@ -264,3 +264,15 @@ func formatMessage(from mail.Address, msg mailMessage, now time.Time) []byte {
 	b.Write(body.Bytes())
 	return b.Bytes()
 }
+
+// humanDuration writes a token lifetime for people: "1 hour", "24 hours", "90 minutes".
+func humanDuration(d time.Duration) string {
+	unit, n := "minute", int(d.Minutes())
+	if d >= time.Hour && d%time.Hour == 0 {
+		unit, n = "hour", int(d.Hours())
+	}
+	if n == 1 {
+		return "1 " + unit
+	}
+	return fmt.Sprintf("%d %ss", n, unit)
+}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net/http"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -176,4 +178,152 @@ func (s *store) changePassword(ctx context.Context, me user, passwordHash string
 		return s.audit(ctx, tx, auditPasswordChanged, id, id, nil)
 	})
 	return version, refreshToken, err
+}
+
+type resetRequest struct {
+	Email string `json:"email"`
+}
+
+const resetRequestReply = "If an account with that email exists, a password reset email has been sent."
+
+func handlePasswordResetRequest(cfg config, st *store, logger *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		req, err := decode[resetRequest](w, r)
+		if err == nil {
+			err = invalidFields(check(map[string]string{}, "email", emailProblem(req.Email)))
+		}
+		if err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
+		token, err := st.createResetToken(r.Context(), req.Email, cfg.resetTTL)
+		if errors.Is(err, errNotFound) || errors.Is(err, errMailCapped) {
+			// The same reply whether or not the account exists or was capped: no user enumeration.
+			writeJSON(w, http.StatusOK, message{resetRequestReply})
+			return
+		}
+		if err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
+		// The mail is queued with the token; the reply never waits for (or reveals by its
+		// timing) a mail server. Only the dummy backend, for testing, returns the token.
+		if cfg.mail.backend != mailDummy {
+			writeJSON(w, http.StatusOK, message{resetRequestReply})
+			return
+		}
+		writeJSON(w, http.StatusOK, struct {
+			Message string `json:"message"`
+			Token   string `json:"token"`
+		}{resetRequestReply, token})
+	})
+}
+
+type newPasswordRequest struct {
+	NewPassword string `json:"new_password"`
+}
+
+func handleResetPassword(cfg config, st *store, pw *hasher, logger *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		req, err := decode[newPasswordRequest](w, r)
+		if err == nil {
+			err = invalidFields(check(map[string]string{}, "new_password", passwordProblem(req.NewPassword, cfg.passwordMinLength)))
+		}
+		if err == nil {
+			err = st.resetPassword(r.Context(), r.PathValue("token"), func(u user) (string, error) {
+				problems := checkGuessable(map[string]string{}, "new_password", req.NewPassword, cfg.commonPasswords, u.Username, u.Email)
+				if err := invalidFields(problems); err != nil {
+					return "", err
+				}
+				return pw.hash(r.Context(), req.NewPassword)
+			})
+		}
+		if err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, message{"Password reset successful"})
+	})
+}
+
+type changePasswordRequest struct {
+	CurrentPassword string `json:"current_password"`
+	NewPassword     string `json:"new_password"`
+}
+
+func (r changePasswordRequest) valid(passwordMinLength int) map[string]string {
+	problems := map[string]string{}
+	if r.CurrentPassword == "" {
+		problems["current_password"] = "is required"
+	}
+	check(problems, "new_password", passwordProblem(r.NewPassword, passwordMinLength))
+	return problems
+}
+
+func handleChangePassword(cfg config, st *store, pw *hasher, logger *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		me, sessionID := currentUser(r.Context()), currentSession(r.Context())
+		req, err := decode[changePasswordRequest](w, r)
+		if err == nil {
+			err = invalidFields(checkGuessable(req.valid(cfg.passwordMinLength), "new_password", req.NewPassword, cfg.commonPasswords, me.Username, me.Email))
+		}
+		var version int64
+		var refreshToken string
+		if err == nil {
+			version, refreshToken, err = changeOwnPassword(r.Context(), cfg, st, pw, me, sessionID, req)
+		}
+		if err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, struct {
+			Message      string `json:"message"`
+			AccessToken  string `json:"access_token"`
+			RefreshToken string `json:"refresh_token"`
+		}{"Password changed successfully", signToken(cfg.keys, me.ID, version, sessionID, st.now(), cfg.accessTTL), refreshToken})
+	})
+}
+
+// changeOwnPassword checks me's current password and sets the new one, keeping the session
+// sessionID; it returns what the store's changePassword does. Checking the current password
+// is a login in all but name: it shares the login's lockout, so that a stolen access token
+// cannot be used to guess the password. The new password is hashed in the bcrypt slot of the
+// check.
+func changeOwnPassword(ctx context.Context, cfg config, st *store, pw *hasher, me user, sessionID int64, req changePasswordRequest) (int64, string, error) {
+	current := me.PasswordHash
+	if len(req.CurrentPassword) > 72 {
+		current = "" // bcrypt reads 72 bytes: a longer password whose first 72 match is wrong
+	}
+	var attempt loginAttempt
+	matches, hash, err := pw.check(ctx, current, req.CurrentPassword, req.NewPassword, func() (err error) {
+		attempt, err = st.reserveLoginAttempt(ctx, accountKey(me.ID), cfg.loginMaxFailures)
+		return err
+	})
+	if err == nil && !matches {
+		if err := st.auditFailure(ctx, auditPasswordChangeFailed, me.ID, me.ID); err != nil {
+			return 0, "", err
+		}
+		return 0, "", fail(errInvalid, "Current password is incorrect")
+	}
+	var version int64
+	var refreshToken string
+	if err == nil {
+		version, refreshToken, err = st.changePassword(ctx, me, hash, sessionID)
+	}
+	return version, refreshToken, giveBack(ctx, st, attempt, err)
+}
+
+// mailPasswordChanged queues the notice that the user's password was changed or reset, within
+// its caps.
+func (s *store) mailPasswordChanged(ctx context.Context, tx pgx.Tx, userID int64, how string) error {
+	u, err := queryUser(ctx, tx, "SELECT "+userColumns+" FROM users WHERE id = $1", userID)
+	if err != nil {
+		return err
+	}
+	if err := s.checkPasswordNoticeCap(ctx, tx, u); err != nil {
+		return ignoreMailCapped(err)
+	}
+	d := newMailData(u)
+	d.How = how
+	return s.enqueueMail(ctx, tx, mailPasswordChanged, u.ID, u.Email, d)
 }

@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -160,32 +162,6 @@ type newUser struct {
 	Email     string
 }
 
-// createUser registers a user with the User role and queues the mail that verifies their
-// address. A taken username or email is errConflict.
-func (s *store) createUser(ctx context.Context, u newUser, passwordHash string, verifyTTL time.Duration) (int64, error) {
-	var id int64
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		var err error
-		if id, err = insertUser(ctx, tx, u, passwordHash, roleUser, false); err != nil {
-			return err
-		}
-		// An address that was sent its share of mail lately gets no more: registering with it
-		// must not be a way round the cap. The user can ask for the mail again later.
-		created := user{ID: id, Username: u.Username, FirstName: u.FirstName, Email: u.Email}
-		err = s.checkAddressCap(ctx, tx, created)
-		if errors.Is(err, errMailCapped) {
-			err = s.audit(ctx, tx, auditMailNotSent, 0, id, map[string]any{"for": auditVerificationRequested})
-		} else if err == nil {
-			err = s.queueVerification(ctx, tx, created, verifyTTL)
-		}
-		if err != nil {
-			return err
-		}
-		return s.audit(ctx, tx, auditRegister, id, id, nil)
-	})
-	return id, s.takenFields(ctx, err, 0, &u.Username, &u.Email)
-}
-
 func insertUser(ctx context.Context, tx pgx.Tx, u newUser, passwordHash, role string, verified bool) (int64, error) {
 	var id int64
 	err := tx.QueryRow(ctx, `INSERT INTO users (username, first_name, last_name, email, password_hash, role, email_verified)
@@ -195,31 +171,6 @@ func insertUser(ctx context.Context, tx pgx.Tx, u newUser, passwordHash, role st
 		return 0, fmt.Errorf("create user: %w", uniqueViolation(err))
 	}
 	return id, nil
-}
-
-// createFirstAdmin creates an admin unless one exists already (errConflict). The advisory lock
-// keeps two concurrent runs from both succeeding.
-func (s *store) createFirstAdmin(ctx context.Context, u newUser, passwordHash string) (int64, error) {
-	var id int64
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(adminLockKey)); err != nil {
-			return err
-		}
-		var exists bool
-		if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM users WHERE role = 'Admin')").Scan(&exists); err != nil {
-			return err
-		}
-		if exists {
-			return fail(errConflict, "An admin already exists; manage users through the API")
-		}
-		var err error
-		// The first admin's address is taken on trust: whoever runs this owns the server.
-		if id, err = insertUser(ctx, tx, u, passwordHash, roleAdmin, true); err != nil {
-			return err
-		}
-		return s.audit(ctx, tx, auditAdminCreated, 0, id, map[string]any{"username": u.Username})
-	})
-	return id, s.takenFields(ctx, err, 0, &u.Username, &u.Email)
 }
 
 // userByID returns the user with the given id, or errNotFound.
@@ -261,252 +212,6 @@ func scanUser(row pgx.Row, u *user, extra ...any) error {
 	}
 	u.CreatedAt, u.UpdatedAt = u.CreatedAt.UTC(), u.UpdatedAt.UTC()
 	return nil
-}
-
-// userPatch is a partial update; nil fields are left alone.
-type userPatch struct {
-	Username      *string `json:"username"`
-	FirstName     *string `json:"first_name"`
-	LastName      *string `json:"last_name"`
-	Email         *string `json:"email"`
-	Role          *string `json:"role"`
-	IsActive      *bool   `json:"is_active"`
-	EmailVerified *bool   `json:"email_verified"`
-}
-
-// updateUser applies a patch to user id on behalf of actor, enforcing authorizeUpdate inside
-// the transaction. A change of role or active state bumps the token version and revokes every
-// session, which ends every access and refresh token the user holds.
-func (s *store) updateUser(ctx context.Context, actor user, id int64, p userPatch, verifyTTL time.Duration) (user, error) {
-	var updated user
-	err := s.adminChange(ctx, actor, id, func(tx pgx.Tx, target user) error {
-		if err := authorizeUpdate(actor, target, p); err != nil {
-			return err
-		}
-		if removesAdmin(target, p) {
-			if err := ensureAnotherAdmin(ctx, tx, target.ID); err != nil {
-				return err
-			}
-		}
-		// One decision, in Go, of whether the address changes (foldCase), for the cap, the
-		// verified mark, the mail and the reset token alike: were the SQL to decide one of
-		// them by another rule, a look-alike address could keep the mark and skip the mail.
-		newAddress := p.Email != nil && !sameFold(*p.Email, target.Email)
-		if actor.ID == target.ID && newAddress {
-			if err := s.checkEmailChangeCap(ctx, tx, target.ID, *p.Email); err != nil {
-				return err
-			}
-		}
-		var err error
-		updated, err = queryUser(ctx, tx, `UPDATE users SET
-				username = COALESCE($2, username),
-				first_name = COALESCE($3, first_name),
-				last_name = COALESCE($4, last_name),
-				email = COALESCE($5, email),
-				role = COALESCE($6, role),
-				is_active = COALESCE($7, is_active),
-				-- a new address is unverified unless an admin says otherwise in the same update
-				email_verified = COALESCE($8, email_verified AND NOT $9),
-				token_version = token_version +
-					CASE WHEN COALESCE($6, role) <> role OR COALESCE($7, is_active) <> is_active THEN 1 ELSE 0 END,
-				updated_at = now()
-			WHERE id = $1 RETURNING `+userColumns,
-			id, p.Username, p.FirstName, p.LastName, p.Email, p.Role, p.IsActive, p.EmailVerified, newAddress)
-		if err != nil {
-			return uniqueViolation(err)
-		}
-		if err := s.mailEmailChange(ctx, tx, target, updated, verifyTTL); err != nil {
-			return err
-		}
-		if err := s.voidCredentials(ctx, tx, target, updated); err != nil {
-			return err
-		}
-		return s.auditUpdate(ctx, tx, actor, target, updated)
-	})
-	return updated, s.takenFields(ctx, err, id, p.Username, p.Email)
-}
-
-// voidCredentials ends what an update made stale: the sessions of a user whose role or active
-// state changed, and the pending reset token of one who was deactivated or given a new email
-// address (a link mailed to the old address, perhaps a lost mailbox, must not work).
-func (s *store) voidCredentials(ctx context.Context, tx pgx.Tx, before, after user) error {
-	if before.Role != after.Role || before.IsActive != after.IsActive {
-		if err := s.revokeSessions(ctx, tx, after.ID); err != nil {
-			return err
-		}
-	}
-	if !sameFold(before.Email, after.Email) || !after.IsActive {
-		if _, err := tx.Exec(ctx, "DELETE FROM password_reset_tokens WHERE user_id = $1", after.ID); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// auditUpdate records what an update changed.
-func (s *store) auditUpdate(ctx context.Context, tx pgx.Tx, actor, before, after user) error {
-	var fields []string
-	for _, f := range []struct {
-		name          string
-		before, after string
-	}{
-		{"username", before.Username, after.Username},
-		{"first_name", before.FirstName, after.FirstName},
-		{"last_name", before.LastName, after.LastName},
-		{"email", before.Email, after.Email},
-		{"email_verified", strconv.FormatBool(before.EmailVerified), strconv.FormatBool(after.EmailVerified)},
-	} {
-		if f.before != f.after {
-			fields = append(fields, f.name)
-		}
-	}
-	if len(fields) > 0 {
-		if err := s.audit(ctx, tx, auditProfileUpdated, actor.ID, after.ID, map[string]any{"fields": fields}); err != nil {
-			return err
-		}
-	}
-	if before.Role != after.Role {
-		if err := s.audit(ctx, tx, auditRoleChanged, actor.ID, after.ID, map[string]any{"from": before.Role, "to": after.Role}); err != nil {
-			return err
-		}
-	}
-	if before.IsActive != after.IsActive {
-		return s.audit(ctx, tx, auditActivationChanged, actor.ID, after.ID, map[string]any{"is_active": after.IsActive})
-	}
-	return nil
-}
-
-// deleteUser deletes user id on behalf of actor, enforcing authorizeDelete.
-func (s *store) deleteUser(ctx context.Context, actor user, id int64) error {
-	return s.adminChange(ctx, actor, id, func(tx pgx.Tx, target user) error {
-		if err := authorizeDelete(actor, target); err != nil {
-			return err
-		}
-		if target.Role == roleAdmin {
-			if err := ensureAnotherAdmin(ctx, tx, target.ID); err != nil {
-				return err
-			}
-		}
-		// The sessions are locked before the cascade deletes them and then their refresh
-		// tokens: a refresh locks a session before its token too, so the two never deadlock.
-		if _, err := tx.Exec(ctx, "SELECT FROM sessions WHERE user_id = $1 FOR UPDATE", id); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, "DELETE FROM users WHERE id = $1", id); err != nil {
-			return err
-		}
-		return s.audit(ctx, tx, auditUserDeleted, actor.ID, id, map[string]any{"username": target.Username})
-	})
-}
-
-// adminChange runs change in a transaction with the target row locked. When the actor is an
-// admin it first takes the admin lock, so that two admins demoting or deleting themselves at
-// once cannot both succeed and leave no admin.
-func (s *store) adminChange(ctx context.Context, actor user, id int64, change func(pgx.Tx, user) error) error {
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if actor.Role == roleAdmin {
-			if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(adminLockKey)); err != nil {
-				return err
-			}
-		}
-		target, err := queryUser(ctx, tx, "SELECT "+userColumns+" FROM users WHERE id = $1 FOR UPDATE", id)
-		if err != nil {
-			return err
-		}
-		return change(tx, target)
-	})
-}
-
-// ensureAnotherAdmin returns errConflict unless an active admin other than id exists.
-func ensureAnotherAdmin(ctx context.Context, tx pgx.Tx, id int64) error {
-	var others bool
-	err := tx.QueryRow(ctx, `SELECT EXISTS (
-		SELECT 1 FROM users WHERE role = 'Admin' AND is_active AND id <> $1)`, id).Scan(&others)
-	if err != nil {
-		return err
-	}
-	if !others {
-		return fail(errConflict, "The last active admin cannot be removed, demoted or deactivated")
-	}
-	return nil
-}
-
-// userFilter selects and orders a page of the admin user list.
-type userFilter struct {
-	Query    string
-	Role     string
-	IsActive *bool
-	Sort     string // a key of sortColumns, with an optional "-" prefix for descending
-	page
-}
-
-// Username and email sort by their folded form (foldCase), which the unique indexes hold in order.
-var sortColumns = map[string]string{"id": "id", "username": `lower(username COLLATE "C")`, "email": `lower(email COLLATE "C")`,
-	"created_at": "created_at"}
-
-// listUsers returns one page of users matching f and the number of users matching in all.
-func (s *store) listUsers(ctx context.Context, f userFilter) ([]user, int, error) {
-	where, args := f.where()
-	order, desc := strings.CutPrefix(f.Sort, "-")
-	direction := ""
-	if desc {
-		direction = " DESC"
-	}
-	// The sort column comes from a fixed map, never from the request text itself.
-	orderBy := " ORDER BY " + sortColumns[order] + direction + ", id" + direction
-	// A deferred join: the page's ids are found first, from an index and without reading the
-	// rows skipped by OFFSET (for the default order an index-only scan of the primary key),
-	// then only the page's rows are read whole. Plain OFFSET reads every skipped row whole.
-	pageSQL := "SELECT " + listColumns + " FROM users JOIN (SELECT id FROM users" + where + orderBy +
-		f.limitOffset() + ") AS page USING (id)" + orderBy
-	// QueryExecModeExec plans each query with its arguments: a cached generic plan of a search
-	// cannot use the trigram index and scans every user instead.
-	rows, _ := s.pool.Query(ctx, pageSQL, append([]any{pgx.QueryExecModeExec}, args...)...)
-	users, err := pgx.CollectRows(rows, pgx.RowToStructByNameLax[user])
-	if err != nil {
-		return nil, 0, fmt.Errorf("list users: %w", err)
-	}
-	for i := range users {
-		users[i].CreatedAt, users[i].UpdatedAt = users[i].CreatedAt.UTC(), users[i].UpdatedAt.UTC()
-	}
-	var total int
-	countSQL := "SELECT count(*) FROM users" + where
-	if err := s.pool.QueryRow(ctx, countSQL, append([]any{pgx.QueryExecModeExec}, args...)...).Scan(&total); err != nil {
-		return nil, 0, fmt.Errorf("count users: %w", err)
-	}
-	return users, total, nil
-}
-
-// listColumns are the columns a user list shows: no hash or token version.
-const listColumns = "id, username, first_name, last_name, email, role, is_active, email_verified, created_at, updated_at"
-
-// where builds the WHERE clause of a user list. Only the present filters appear, so PostgreSQL
-// plans each shape on its own (a trigram index scan for a search, the primary key otherwise);
-// each parameter is typed explicitly, never left for PostgreSQL to infer.
-func (f userFilter) where() (string, []any) {
-	var conds []string
-	var args []any
-	if f.Query != "" {
-		args = append(args, "%"+escapeLike(f.Query)+"%")
-		conds = append(conds, "(username ILIKE $1::text OR email ILIKE $1::text OR first_name ILIKE $1::text OR last_name ILIKE $1::text)")
-	}
-	if f.Role != "" {
-		args = append(args, f.Role)
-		conds = append(conds, fmt.Sprintf("role = $%d::text", len(args)))
-	}
-	if f.IsActive != nil {
-		args = append(args, *f.IsActive)
-		conds = append(conds, fmt.Sprintf("is_active = $%d::boolean", len(args)))
-	}
-	if len(conds) == 0 {
-		return "", nil
-	}
-	return " WHERE " + strings.Join(conds, " AND "), args
-}
-
-// escapeLike makes a search text match literally inside a LIKE pattern.
-func escapeLike(s string) string {
-	return strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(s)
 }
 
 // uniqueViolation turns a unique-index violation into a conflict naming the field.
@@ -604,4 +309,40 @@ func sweepExpired(ctx context.Context, st *store, logger *slog.Logger) {
 			}
 		}
 	}
+}
+
+var quotedText = regexp.MustCompile(`"[^"]*"`)
+
+// openError says what kept the database from opening. pgx's own messages name the user, the
+// database and the server, never the password.
+func openError(err error) error {
+	if pgErr := refusedConnection(err); pgErr != nil && pgErr.Code == "3D000" {
+		return fmt.Errorf("DATABASE_URL: %s on %s: create it, or name another database", pgErr.Message, serverOf(err))
+	} else if pgErr != nil {
+		return fmt.Errorf("DATABASE_URL: %s refused the login: %s: check the user name and password", serverOf(err), pgErr.Message)
+	}
+	if isUnavailable(err) {
+		return fmt.Errorf("DATABASE_URL: %w (is PostgreSQL running? `make run` starts it)", err)
+	}
+	return fmt.Errorf("open database: %w", err)
+}
+
+// refusedConnection is the server's refusal of DATABASE_URL itself, or nil: the database does
+// not exist (3D000), or the login was refused (28P01 a wrong password, 28000 an unknown role or
+// no pg_hba.conf entry). Waiting for the server does not mend these.
+func refusedConnection(err error) *pgconn.PgError {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && (pgErr.Code == "3D000" || pgErr.Code == "28P01" || pgErr.Code == "28000") {
+		return pgErr
+	}
+	return nil
+}
+
+// serverOf names the PostgreSQL server of a connection error: host (or socket directory) and port.
+func serverOf(err error) string {
+	var connectErr *pgconn.ConnectError
+	if !errors.As(err, &connectErr) {
+		return "the server"
+	}
+	return fmt.Sprintf("the server at %s", net.JoinHostPort(connectErr.Config.Host, strconv.Itoa(int(connectErr.Config.Port))))
 }

@@ -545,3 +545,26 @@ func TestUsersMe(t *testing.T) {
 	}
 	env.do(t, "GET", "/api/users/me", "", nil).expect(t, http.StatusUnauthorized)
 }
+
+// TestOnlyAdminsSetEmailVerified: a user cannot keep a new address verified by sending
+// email_verified with it, even as "unchanged".
+func TestOnlyAdminsSetEmailVerified(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	admin := env.addUser(t, "root", roleAdmin)
+	alice := env.addUser(t, "alice", roleUser)
+	if _, err := env.st.pool.Exec(context.Background(), "UPDATE users SET email_verified = true WHERE id = $1", alice.ID); err != nil {
+		t.Fatal(err)
+	}
+	path := fmt.Sprintf("/api/users/%d", alice.ID)
+	env.do(t, "PATCH", path, env.tokenFor(t, alice), map[string]any{"email": "victim@example.com", "email_verified": true}).
+		expect(t, http.StatusForbidden)
+	r := env.do(t, "PATCH", path, env.tokenFor(t, alice), map[string]any{"email": "new@example.com"}).expect(t, http.StatusOK)
+	if r.json(t)["email_verified"] != false {
+		t.Errorf("a new address stayed verified: %s", r.body)
+	}
+	r = env.do(t, "PATCH", path, env.tokenFor(t, admin), map[string]any{"email_verified": true}).expect(t, http.StatusOK)
+	if r.json(t)["email_verified"] != true {
+		t.Errorf("an admin could not mark the address verified: %s", r.body)
+	}
+}

@@ -96,33 +96,6 @@ func (s *store) mailEmailChange(ctx context.Context, tx pgx.Tx, before, after us
 	return s.queueVerification(ctx, tx, after, verifyTTL)
 }
 
-// mailPasswordChanged queues the notice that the user's password was changed or reset, within
-// its caps.
-func (s *store) mailPasswordChanged(ctx context.Context, tx pgx.Tx, userID int64, how string) error {
-	u, err := queryUser(ctx, tx, "SELECT "+userColumns+" FROM users WHERE id = $1", userID)
-	if err != nil {
-		return err
-	}
-	if err := s.checkPasswordNoticeCap(ctx, tx, u); err != nil {
-		return ignoreMailCapped(err)
-	}
-	d := newMailData(u)
-	d.How = how
-	return s.enqueueMail(ctx, tx, mailPasswordChanged, u.ID, u.Email, d)
-}
-
-// humanDuration writes a token lifetime for people: "1 hour", "24 hours", "90 minutes".
-func humanDuration(d time.Duration) string {
-	unit, n := "minute", int(d.Minutes())
-	if d >= time.Hour && d%time.Hour == 0 {
-		unit, n = "hour", int(d.Hours())
-	}
-	if n == 1 {
-		return "1 " + unit
-	}
-	return fmt.Sprintf("%d %ss", n, unit)
-}
-
 func handleVerifyEmail(st *store, logger *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := st.verifyEmail(r.Context(), r.PathValue("token")); err != nil {

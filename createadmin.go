@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/jackc/pgx/v5"
 	"golang.org/x/term"
 )
 
@@ -150,4 +151,29 @@ func (p *prompter) password() (string, error) {
 		return "", errors.New("the passwords do not match")
 	}
 	return first, nil
+}
+
+// createFirstAdmin creates an admin unless one exists already (errConflict). The advisory lock
+// keeps two concurrent runs from both succeeding.
+func (s *store) createFirstAdmin(ctx context.Context, u newUser, passwordHash string) (int64, error) {
+	var id int64
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(adminLockKey)); err != nil {
+			return err
+		}
+		var exists bool
+		if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM users WHERE role = 'Admin')").Scan(&exists); err != nil {
+			return err
+		}
+		if exists {
+			return fail(errConflict, "An admin already exists; manage users through the API")
+		}
+		var err error
+		// The first admin's address is taken on trust: whoever runs this owns the server.
+		if id, err = insertUser(ctx, tx, u, passwordHash, roleAdmin, true); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, auditAdminCreated, 0, id, map[string]any{"username": u.Username})
+	})
+	return id, s.takenFields(ctx, err, 0, &u.Username, &u.Email)
 }
