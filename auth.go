@@ -12,8 +12,8 @@ import (
 	"golang.org/x/crypto/bcrypt"
 )
 
-// Handlers for registration, login and passwords, and the middleware that authenticates
-// requests.
+// Registration, login, and the middleware that authenticates requests (requireAuth) and admits
+// admins (requireAdmin): handlers and their SQL.
 
 type registerRequest struct {
 	Username  string `json:"username"`

@@ -15,8 +15,7 @@ import (
 	"time"
 )
 
-// Tests of registration, login, password reset and password change, through the real handler
-// on a real database.
+// Tests of registration and login, through the real handler on a real database.
 
 // authRegisterBody is a valid registration for username.
 func authRegisterBody(username string) map[string]any {

@@ -18,6 +18,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
+// Configuration: every setting read from the environment (and .env) and checked at start, so
+// that a bad value stops the program with one message naming every bad setting.
+
 // config is every setting of the service, read from the environment by loadConfig.
 type config struct {
 	databaseURL          string

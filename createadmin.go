@@ -14,6 +14,8 @@ import (
 	"golang.org/x/term"
 )
 
+// The -create-admin command: the first admin, from flags, piped input or a terminal prompt.
+
 // runCreateAdmin creates the first admin. Values not given as flags are asked for in the order
 // username, password, email, first name, last name: at a terminal with prompts (the password
 // hidden and asked twice), otherwise read one per line from stdin.

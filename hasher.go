@@ -11,6 +11,9 @@ import (
 	"golang.org/x/crypto/bcrypt"
 )
 
+// Password hashing: bcrypt at the configured cost in a bounded number of slots, at the lowest
+// CPU priority, with a dummy hash so that failed logins cost the same whoever they name.
+
 // hasher hashes and checks passwords with bcrypt at the configured cost. At most
 // BCRYPT_CONCURRENCY run at once, so that a flood of logins queues here instead of starving
 // every other request of CPU.

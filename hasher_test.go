@@ -18,6 +18,9 @@ import (
 	"golang.org/x/crypto/bcrypt"
 )
 
+// Tests of the bcrypt hasher: re-hashing on a cost change, busy slots, and the same work for
+// every failed login.
+
 func TestLoginRehashesOnCostChange(t *testing.T) {
 	t.Parallel()
 	env := newTestEnv(t)

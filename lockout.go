@@ -11,6 +11,9 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
+// The login lockout: failures counted per (account, client network), shared by login and the
+// current-password checks, so that no endpoint gives an attacker extra guesses.
+
 // accountKey names a known account in the lockout, whether it was named by username or email.
 func accountKey(userID int64) string { return "user:" + strconv.FormatInt(userID, 10) }
 

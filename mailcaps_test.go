@@ -9,6 +9,8 @@ import (
 	"time"
 )
 
+// Tests of the caps on asked-for mail.
+
 func TestResetMailCap(t *testing.T) {
 	t.Parallel()
 	env := newTestEnv(t)

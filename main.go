@@ -18,6 +18,9 @@ import (
 	"time"
 )
 
+// usermgmt: a user management HTTP API backed by PostgreSQL. main runs run, which starts the
+// server (or the -create-admin command) and shuts it down gracefully.
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -10,6 +10,9 @@ import (
 	"time"
 )
 
+// Middleware around every route: the request log, the deadline, security headers, JSON replies
+// for the router's own errors, and /healthz.
+
 // statusRecorder remembers the status a handler wrote, for the request log.
 type statusRecorder struct {
 	http.ResponseWriter

@@ -12,6 +12,9 @@ import (
 	"testing"
 )
 
+// Tests of the middleware: security headers, JSON replies for unknown routes, wrong methods and
+// unclean paths, and the headers of every reply.
+
 func TestSecurityHeaders(t *testing.T) {
 	t.Parallel()
 	env := newTestEnv(t)

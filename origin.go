@@ -8,6 +8,9 @@ import (
 	"strings"
 )
 
+// Where a request comes from: the client address (behind TRUSTED_PROXIES, from
+// X-Forwarded-For), its network for limits and lockouts, and its user agent.
+
 // origin is the client address and user agent of a request, for sessions, limits and audit.
 type origin struct {
 	ip        string // recorded in sessions and the audit log

@@ -6,6 +6,8 @@ import (
 	"testing"
 )
 
+// Tests of the client address behind trusted proxies, and of the network it is counted in.
+
 func TestClientIP(t *testing.T) {
 	t.Parallel()
 	trusted, err := parseCIDRs("10.0.0.0/8, 2001:db8:1::/48")

@@ -11,7 +11,8 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Password resets and changes in the store.
+// Passwords: the reset request, the reset, the change, and the notice mailed after either:
+// handlers and their SQL.
 
 // createResetToken replaces any earlier reset token of the active user with this email by a
 // new one and returns it. Only its SHA-256 is stored. errNotFound when there is no such user

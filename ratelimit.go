@@ -10,7 +10,8 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Where a request comes from, and the per-address limit on the authentication endpoints.
+// The per-address limit on the authentication endpoints: a token bucket per client network,
+// kept in PostgreSQL so that every instance shares it.
 
 // limitAuth applies the per-address token bucket (AUTH_RATE_LIMIT per minute, AUTH_RATE_BURST)
 // to an authentication endpoint. The bucket lives in PostgreSQL so the limit holds however

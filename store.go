@@ -32,7 +32,10 @@ const (
 	adminLockKey  = 0x75736572_61646d6e // "useradmn"
 )
 
-// store owns the connection pool and every SQL statement of the service.
+// store owns the connection pool. Where SQL lives: a feature file holds its handlers and their
+// store methods (the SQL there is business logic: lock order, caps, one-statement lockouts);
+// this file holds the pool, the schema apply, the user row and its scanning, the lookups and
+// writes several features share, and the janitor.
 type store struct {
 	pool   *pgxpool.Pool
 	now    func() time.Time

@@ -14,7 +14,8 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Handlers for profiles and the admin user list, and the permission rules they enforce.
+// Profiles and the admin user list: me, get, update, delete, the permission rules they enforce,
+// and their SQL.
 
 func handleMe() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -11,7 +11,8 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Email verification, and the notices mailed when an address or a password changes.
+// Email verification: the verification mail, its resend, the verification itself, and the mail
+// sent when an address changes: handlers and their SQL.
 
 // queueVerification issues a verification token for u's current address (replacing earlier
 // ones) and queues the mail carrying it. Only the token's SHA-256 is stored.
