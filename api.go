@@ -163,6 +163,23 @@ func isUnavailable(err error) bool {
 	return false
 }
 
+// apiFunc is a handler that returns its failure instead of writing it (as in the Go blog's
+// "Error handling and Go"), so that its failure paths are early returns and every error
+// becomes a reply in one place.
+type apiFunc func(w http.ResponseWriter, r *http.Request) error
+
+// serveAPI returns the adapter from apiFunc to http.Handler: an error the handler returns is
+// written by writeError.
+func serveAPI(logger *slog.Logger) func(apiFunc) http.Handler {
+	return func(f apiFunc) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if err := f(w, r); err != nil {
+				writeError(w, r, logger, err)
+			}
+		})
+	}
+}
+
 // writeJSON writes v as the JSON response body with the given status.
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")

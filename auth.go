@@ -34,31 +34,29 @@ func (r registerRequest) valid(passwordMinLength int, common commonPasswords) ma
 	return problems
 }
 
-func handleRegister(cfg config, st *store, pw *hasher, logger *slog.Logger) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+func handleRegister(cfg config, st *store, pw *hasher) apiFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
 		req, err := decode[registerRequest](w, r)
-		if err == nil {
-			err = invalidFields(req.valid(cfg.passwordMinLength, cfg.commonPasswords))
-		}
 		if err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
+		}
+		if err := invalidFields(req.valid(cfg.passwordMinLength, cfg.commonPasswords)); err != nil {
+			return err
 		}
 		hash, err := pw.hash(r.Context(), req.Password)
 		if err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
 		}
 		id, err := st.createUser(r.Context(), newUser{req.Username, req.FirstName, req.LastName, req.Email}, hash, cfg.verifyTTL)
 		if err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
 		}
 		writeJSON(w, http.StatusCreated, struct {
 			Message string `json:"message"`
 			ID      int64  `json:"id"`
 		}{"Register Successfully", id})
-	})
+		return nil
+	}
 }
 
 type loginRequest struct {
@@ -99,23 +97,22 @@ func newTokenResponse(cfg config, st *store, u user, sessionID int64, refreshTok
 	}
 }
 
-func handleLogin(cfg config, st *store, pw *hasher, logger *slog.Logger) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+func handleLogin(cfg config, st *store, pw *hasher) apiFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
 		req, err := decode[loginRequest](w, r)
-		if err == nil {
-			err = invalidFields(req.valid())
-		}
 		if err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
+		}
+		if err := invalidFields(req.valid()); err != nil {
+			return err
 		}
 		resp, err := login(r.Context(), cfg, st, pw, req)
 		if err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
 		}
 		writeJSON(w, http.StatusOK, resp)
-	})
+		return nil
+	}
 }
 
 // login checks the lockout and the credentials, then opens a session. Every failure looks the

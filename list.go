@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -14,29 +13,25 @@ import (
 
 // handleList serves one page of a list: parse reads the query string into a filter, list
 // fetches the matching page and the number of matches in all.
-func handleList[F interface{ pagination() page }, T any](logger *slog.Logger,
-	parse func(url.Values) (F, error), list func(context.Context, F) ([]T, int, error)) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+func handleList[F interface{ pagination() page }, T any](parse func(url.Values) (F, error),
+	list func(context.Context, F) ([]T, int, error)) apiFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
 		// r.URL.Query() would drop malformed pairs ("per_page=50%") and serve the default.
 		q, err := url.ParseQuery(r.URL.RawQuery)
 		if err != nil {
-			err = fail(errInvalid, "The query string is malformed")
+			return fail(errInvalid, "The query string is malformed")
 		}
-		var f F
-		if err == nil {
-			f, err = parse(q)
-		}
-		var items []T
-		var total int
-		if err == nil {
-			items, total, err = list(r.Context(), f)
-		}
+		f, err := parse(q)
 		if err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
+		}
+		items, total, err := list(r.Context(), f)
+		if err != nil {
+			return err
 		}
 		writePage(w, r, f.pagination(), total, items)
-	})
+		return nil
+	}
 }
 
 // parseListQuery reads a list's query string: page and per_page into p, every other parameter

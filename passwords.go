@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"time"
 
@@ -187,64 +186,64 @@ type resetRequest struct {
 
 const resetRequestReply = "If an account with that email exists, a password reset email has been sent."
 
-func handlePasswordResetRequest(cfg config, st *store, logger *slog.Logger) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+func handlePasswordResetRequest(cfg config, st *store) apiFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
 		req, err := decode[resetRequest](w, r)
-		if err == nil {
-			err = invalidFields(check(map[string]string{}, "email", emailProblem(req.Email)))
-		}
 		if err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
+		}
+		if err := invalidFields(check(map[string]string{}, "email", emailProblem(req.Email))); err != nil {
+			return err
 		}
 		token, err := st.createResetToken(r.Context(), req.Email, cfg.resetTTL)
 		if errors.Is(err, errNotFound) || errors.Is(err, errMailCapped) {
 			// The same reply whether or not the account exists or was capped: no user enumeration.
 			writeJSON(w, http.StatusOK, message{resetRequestReply})
-			return
+			return nil
 		}
 		if err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
 		}
 		// The mail is queued with the token; the reply never waits for (or reveals by its
 		// timing) a mail server. Only the dummy backend, for testing, returns the token.
 		if cfg.mail.backend != mailDummy {
 			writeJSON(w, http.StatusOK, message{resetRequestReply})
-			return
+			return nil
 		}
 		writeJSON(w, http.StatusOK, struct {
 			Message string `json:"message"`
 			Token   string `json:"token"`
 		}{resetRequestReply, token})
-	})
+		return nil
+	}
 }
 
 type newPasswordRequest struct {
 	NewPassword string `json:"new_password"`
 }
 
-func handleResetPassword(cfg config, st *store, pw *hasher, logger *slog.Logger) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+func handleResetPassword(cfg config, st *store, pw *hasher) apiFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
 		req, err := decode[newPasswordRequest](w, r)
-		if err == nil {
-			err = invalidFields(check(map[string]string{}, "new_password", passwordProblem(req.NewPassword, cfg.passwordMinLength)))
-		}
-		if err == nil {
-			err = st.resetPassword(r.Context(), r.PathValue("token"), func(u user) (string, error) {
-				problems := checkGuessable(map[string]string{}, "new_password", req.NewPassword, cfg.commonPasswords, u.Username, u.Email)
-				if err := invalidFields(problems); err != nil {
-					return "", err
-				}
-				return pw.hash(r.Context(), req.NewPassword)
-			})
-		}
 		if err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
+		}
+		if err := invalidFields(check(map[string]string{}, "new_password", passwordProblem(req.NewPassword, cfg.passwordMinLength))); err != nil {
+			return err
+		}
+		err = st.resetPassword(r.Context(), r.PathValue("token"), func(u user) (string, error) {
+			problems := checkGuessable(map[string]string{}, "new_password", req.NewPassword, cfg.commonPasswords, u.Username, u.Email)
+			if err := invalidFields(problems); err != nil {
+				return "", err
+			}
+			return pw.hash(r.Context(), req.NewPassword)
+		})
+		if err != nil {
+			return err
 		}
 		writeJSON(w, http.StatusOK, message{"Password reset successful"})
-	})
+		return nil
+	}
 }
 
 type changePasswordRequest struct {
@@ -261,28 +260,28 @@ func (r changePasswordRequest) valid(passwordMinLength int) map[string]string {
 	return problems
 }
 
-func handleChangePassword(cfg config, st *store, pw *hasher, logger *slog.Logger) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+func handleChangePassword(cfg config, st *store, pw *hasher) apiFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
 		me, sessionID := currentUser(r.Context()), currentSession(r.Context())
 		req, err := decode[changePasswordRequest](w, r)
-		if err == nil {
-			err = invalidFields(checkGuessable(req.valid(cfg.passwordMinLength), "new_password", req.NewPassword, cfg.commonPasswords, me.Username, me.Email))
-		}
-		var version int64
-		var refreshToken string
-		if err == nil {
-			version, refreshToken, err = changeOwnPassword(r.Context(), cfg, st, pw, me, sessionID, req)
-		}
 		if err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
+		}
+		problems := checkGuessable(req.valid(cfg.passwordMinLength), "new_password", req.NewPassword, cfg.commonPasswords, me.Username, me.Email)
+		if err := invalidFields(problems); err != nil {
+			return err
+		}
+		version, refreshToken, err := changeOwnPassword(r.Context(), cfg, st, pw, me, sessionID, req)
+		if err != nil {
+			return err
 		}
 		writeJSON(w, http.StatusOK, struct {
 			Message      string `json:"message"`
 			AccessToken  string `json:"access_token"`
 			RefreshToken string `json:"refresh_token"`
 		}{"Password changed successfully", signToken(cfg.keys, me.ID, version, sessionID, st.now(), cfg.accessTTL), refreshToken})
-	})
+		return nil
+	}
 }
 
 // changeOwnPassword checks me's current password and sets the new one, keeping the session

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"time"
 
@@ -273,76 +272,72 @@ type refreshRequest struct {
 	RefreshToken string `json:"refresh_token"`
 }
 
-func handleRefresh(cfg config, st *store, logger *slog.Logger) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+func handleRefresh(cfg config, st *store) apiFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
 		req, err := decode[refreshRequest](w, r)
-		if err == nil && req.RefreshToken == "" {
-			err = invalidFields(map[string]string{"refresh_token": "is required"})
-		}
 		if err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
+		}
+		if req.RefreshToken == "" {
+			return invalidFields(map[string]string{"refresh_token": "is required"})
 		}
 		u, sessionID, refreshToken, err := st.refresh(r.Context(), req.RefreshToken, cfg.refreshTTL, cfg.sessionLifetime, cfg.refreshReuseInterval)
 		if err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
 		}
 		writeJSON(w, http.StatusOK, newTokenResponse(cfg, st, u, sessionID, refreshToken))
-	})
+		return nil
+	}
 }
 
-func handleLogout(cfg config, st *store, logger *slog.Logger) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+func handleLogout(cfg config, st *store) apiFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
 		err := st.endSession(r.Context(), currentUser(r.Context()).ID, currentSession(r.Context()), auditLogout, cfg.sessionLifetime)
-		if errors.Is(err, errNotFound) {
-			// The session was live when the request was authenticated: a logout-all, a
-			// revocation or the user's deletion ended it since. Logging out of an ended session
-			// has nothing left to do, and is no error.
-			err = nil
-		}
-		if err != nil {
-			writeError(w, r, logger, err)
-			return
+		// errNotFound: the session was live when the request was authenticated, and a
+		// logout-all, a revocation or the user's deletion ended it since. Logging out of an
+		// ended session has nothing left to do, and is no error.
+		if err != nil && !errors.Is(err, errNotFound) {
+			return err
 		}
 		writeJSON(w, http.StatusOK, message{"Logged out"})
-	})
+		return nil
+	}
 }
 
-func handleLogoutAll(st *store, logger *slog.Logger) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+func handleLogoutAll(st *store) apiFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
 		if err := st.endAllSessions(r.Context(), currentUser(r.Context()).ID); err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
 		}
 		writeJSON(w, http.StatusOK, message{"Logged out of every session"})
-	})
+		return nil
+	}
 }
 
-func handleListSessions(cfg config, st *store, logger *slog.Logger) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+func handleListSessions(cfg config, st *store) apiFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
 		sessions, err := st.liveSessions(r.Context(), currentUser(r.Context()).ID, cfg.sessionLifetime)
 		if err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
 		}
 		for i := range sessions {
 			sessions[i].Current = sessions[i].ID == currentSession(r.Context())
 		}
 		writeJSON(w, http.StatusOK, sessions)
-	})
+		return nil
+	}
 }
 
-func handleRevokeSession(cfg config, st *store, logger *slog.Logger) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		err := fail(errInvalid, "Session id must be a positive integer")
-		if id, ok := parseID(r.PathValue("id")); ok {
-			err = st.endSession(r.Context(), currentUser(r.Context()).ID, id, auditSessionRevoked, cfg.sessionLifetime)
+func handleRevokeSession(cfg config, st *store) apiFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		id, ok := parseID(r.PathValue("id"))
+		if !ok {
+			return fail(errInvalid, "Session id must be a positive integer")
 		}
-		if err != nil {
-			writeError(w, r, logger, err)
-			return
+		if err := st.endSession(r.Context(), currentUser(r.Context()).ID, id, auditSessionRevoked, cfg.sessionLifetime); err != nil {
+			return err
 		}
 		writeJSON(w, http.StatusOK, message{"Session revoked"})
-	})
+		return nil
+	}
 }

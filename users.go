@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -17,25 +16,28 @@ import (
 // Profiles and the admin user list: me, get, update, delete, the permission rules they enforce,
 // and their SQL.
 
-func handleMe() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+func handleMe() apiFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
 		writeJSON(w, http.StatusOK, currentUser(r.Context()))
-	})
+		return nil
+	}
 }
 
-func handleGetUser(st *store, logger *slog.Logger) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+func handleGetUser(st *store) apiFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
 		id, err := targetID(r)
-		u := currentUser(r.Context()) // read already, by requireAuth
-		if err == nil && id != u.ID {
-			u, err = st.userByID(r.Context(), id)
-		}
 		if err != nil {
-			writeError(w, r, logger, userNotFound(err))
-			return
+			return err
+		}
+		u := currentUser(r.Context()) // read already, by requireAuth
+		if id != u.ID {
+			if u, err = st.userByID(r.Context(), id); err != nil {
+				return userNotFound(err)
+			}
 		}
 		writeJSON(w, http.StatusOK, u)
-	})
+		return nil
+	}
 }
 
 func (p *userPatch) valid() map[string]string {
@@ -76,40 +78,40 @@ func parseRole(s string) (string, bool) {
 	return s, false
 }
 
-func handleUpdateUser(cfg config, st *store, logger *slog.Logger) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+func handleUpdateUser(cfg config, st *store) apiFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
 		id, err := targetID(r)
-		var patch userPatch
-		if err == nil {
-			patch, err = decode[userPatch](w, r)
-		}
-		if err == nil {
-			err = invalidFields(patch.valid())
-		}
-		var u user
-		if err == nil {
-			u, err = st.updateUser(r.Context(), currentUser(r.Context()), id, patch, cfg.verifyTTL)
-		}
 		if err != nil {
-			writeError(w, r, logger, userNotFound(err))
-			return
+			return err
+		}
+		patch, err := decode[userPatch](w, r)
+		if err != nil {
+			return err
+		}
+		if err := invalidFields(patch.valid()); err != nil {
+			return err
+		}
+		u, err := st.updateUser(r.Context(), currentUser(r.Context()), id, patch, cfg.verifyTTL)
+		if err != nil {
+			return userNotFound(err)
 		}
 		writeJSON(w, http.StatusOK, u)
-	})
+		return nil
+	}
 }
 
-func handleDeleteUser(st *store, logger *slog.Logger) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+func handleDeleteUser(st *store) apiFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
 		id, err := targetID(r)
-		if err == nil {
-			err = st.deleteUser(r.Context(), currentUser(r.Context()), id)
-		}
 		if err != nil {
-			writeError(w, r, logger, userNotFound(err))
-			return
+			return err
+		}
+		if err := st.deleteUser(r.Context(), currentUser(r.Context()), id); err != nil {
+			return userNotFound(err)
 		}
 		writeJSON(w, http.StatusOK, message{"User deleted successfully"})
-	})
+		return nil
+	}
 }
 
 // targetID parses the {id} of the path. A user who is not an admin may address only

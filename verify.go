@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"time"
 
@@ -97,32 +96,33 @@ func (s *store) mailEmailChange(ctx context.Context, tx pgx.Tx, before, after us
 	return s.queueVerification(ctx, tx, after, verifyTTL)
 }
 
-func handleVerifyEmail(st *store, logger *slog.Logger) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+func handleVerifyEmail(st *store) apiFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
 		if err := st.verifyEmail(r.Context(), r.PathValue("token")); err != nil {
-			writeError(w, r, logger, err)
-			return
+			return err
 		}
 		writeJSON(w, http.StatusOK, message{"Email verified"})
-	})
+		return nil
+	}
 }
 
 const resendVerificationReply = "If an unverified account with that email exists, a verification email has been sent."
 
-func handleResendVerification(cfg config, st *store, logger *slog.Logger) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+func handleResendVerification(cfg config, st *store) apiFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
 		req, err := decode[resetRequest](w, r)
-		if err == nil {
-			err = invalidFields(check(map[string]string{}, "email", emailProblem(req.Email)))
+		if err != nil {
+			return err
 		}
-		if err == nil {
-			err = st.resendVerification(r.Context(), req.Email, cfg.verifyTTL)
+		if err := invalidFields(check(map[string]string{}, "email", emailProblem(req.Email))); err != nil {
+			return err
 		}
+		err = st.resendVerification(r.Context(), req.Email, cfg.verifyTTL)
 		// The same reply whether or not the account exists, is verified, or was capped.
 		if err != nil && !errors.Is(err, errNotFound) && !errors.Is(err, errMailCapped) {
-			writeError(w, r, logger, err)
-			return
+			return err
 		}
 		writeJSON(w, http.StatusOK, message{resendVerificationReply})
-	})
+		return nil
+	}
 }
