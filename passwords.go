@@ -14,13 +14,13 @@ import (
 // handlers and their SQL.
 
 // createResetToken replaces any earlier reset token of the active user with this email by a
-// new one and returns it. Only its SHA-256 is stored. errNotFound when there is no such user
-// (a deactivated one is still named by its mail_not_sent row), errMailCapped when it has had
-// its share of reset mails.
+// new one, queues the reset mail, and returns the token; only its SHA-256 is stored. It returns
+// "" and no error when nothing was sent (no such active user, or it had its share of reset
+// mails): see sendAskedMail.
 func (s *store) createResetToken(ctx context.Context, email string, ttl time.Duration) (string, error) {
 	token := randomToken()
 	isActive := func(u user) bool { return u.IsActive }
-	err := s.sendAskedMail(ctx, email, auditPasswordResetRequest, isActive, func(tx pgx.Tx, u user) error {
+	sent, err := s.sendAskedMail(ctx, email, auditPasswordResetRequest, isActive, func(tx pgx.Tx, u user) error {
 		if _, err := tx.Exec(ctx, "DELETE FROM password_reset_tokens WHERE user_id = $1", u.ID); err != nil {
 			return err
 		}
@@ -36,47 +36,40 @@ func (s *store) createResetToken(ctx context.Context, email string, ttl time.Dur
 		}
 		return s.audit(ctx, tx, auditPasswordResetRequest, 0, u.ID, nil)
 	})
-	if err != nil {
+	if err != nil || !sent {
 		return "", err
 	}
 	return token, nil
 }
 
-// sendAskedMail runs send, in a transaction, for the user with this address, unless there is
-// none, wanted says it needs no such mail (deactivated, say), or it had its share of the mails
-// counted by action. Otherwise it records auditMailNotSent (naming the account when one has
-// the address) and returns errNotFound or errMailCapped. Against enumeration by timing, all of
-// those run the same statements (the lookup, the caps in one statement, for no account too,
-// and the audit row, committed), and a mail sent runs only a few more.
-func (s *store) sendAskedMail(ctx context.Context, email, action string, wanted func(user) bool, send func(pgx.Tx, user) error) error {
+// sendAskedMail runs send, in a transaction, for the user with this address and reports that
+// it did, unless there is none, wanted says it needs no such mail (deactivated, say), or it had
+// its share of the mails counted by action: then it records auditMailNotSent (naming the
+// account when one has the address) and reports nothing sent, which is no error, so that
+// callers give the same reply either way. Against enumeration by timing, every such path runs
+// the same statements (the lookup, the caps in one statement, for no account too, and the
+// audit row, committed), and a mail sent runs only a few more.
+func (s *store) sendAskedMail(ctx context.Context, email, action string, wanted func(user) bool, send func(pgx.Tx, user) error) (sent bool, err error) {
 	lookup := "SELECT " + userColumns + ` FROM users WHERE lower(email COLLATE "C") = lower($1 COLLATE "C") FOR UPDATE`
-	var notSent error
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		u, err := queryUser(ctx, tx, lookup, email)
-		switch {
-		case errors.Is(err, errNotFound):
-			notSent, u = err, user{Email: email} // an id of 0, which no row names
-		case err != nil:
+		sent = err == nil && wanted(u)
+		if errors.Is(err, errNotFound) {
+			u = user{Email: email} // an id of 0, which no row names
+		} else if err != nil {
 			return err
-		case !wanted(u):
-			notSent = errNotFound
 		}
 		capped := s.checkCaps(ctx, tx, askedMailCaps(u.ID, u.Email, action)...)
 		if capped != nil && !errors.Is(capped, errMailCapped) {
 			return capped
 		}
-		if notSent == nil {
-			notSent = capped
-		}
-		if notSent != nil {
+		sent = sent && capped == nil
+		if !sent {
 			return s.audit(ctx, tx, auditMailNotSent, 0, u.ID, map[string]any{"for": action})
 		}
 		return send(tx, u)
 	})
-	if err == nil {
-		err = notSent
-	}
-	return err
+	return sent && err == nil, err
 }
 
 // consumeToken deletes the user's unexpired token from table (password_reset_tokens or
@@ -196,17 +189,13 @@ func handlePasswordResetRequest(cfg config, st *store) apiFunc {
 			return err
 		}
 		token, err := st.createResetToken(r.Context(), req.Email, cfg.resetTTL)
-		if errors.Is(err, errNotFound) || errors.Is(err, errMailCapped) {
-			// The same reply whether or not the account exists or was capped: no user enumeration.
-			writeJSON(w, http.StatusOK, message{resetRequestReply})
-			return nil
-		}
 		if err != nil {
 			return err
 		}
+		// The same reply whether or not the account exists or was capped: no user enumeration.
 		// The mail is queued with the token; the reply never waits for (or reveals by its
 		// timing) a mail server. Only the dummy backend, for testing, returns the token.
-		if cfg.mail.backend != mailDummy {
+		if token == "" || cfg.mail.backend != mailDummy {
 			writeJSON(w, http.StatusOK, message{resetRequestReply})
 			return nil
 		}

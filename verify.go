@@ -34,14 +34,15 @@ func (s *store) queueVerification(ctx context.Context, tx pgx.Tx, u user, ttl ti
 }
 
 // resendVerification queues a new verification mail for the active, unverified user with this
-// address. errNotFound when there is none, errMailCapped past the cap. An account that has
-// the address but needs no mail (verified already, or deactivated) is named as the target of
-// its mail_not_sent row, as the audit table promises for an account that exists.
+// address, unless there is none or it is past its cap: then nothing is sent, and that is no
+// error (see sendAskedMail). An account that has the address but needs no mail (verified
+// already, or deactivated) is named as the target of its mail_not_sent row.
 func (s *store) resendVerification(ctx context.Context, email string, ttl time.Duration) error {
 	needsMail := func(u user) bool { return u.IsActive && !u.EmailVerified }
-	return s.sendAskedMail(ctx, email, auditVerificationRequested, needsMail, func(tx pgx.Tx, u user) error {
+	_, err := s.sendAskedMail(ctx, email, auditVerificationRequested, needsMail, func(tx pgx.Tx, u user) error {
 		return s.queueVerification(ctx, tx, u, ttl)
 	})
+	return err
 }
 
 // verifyEmail consumes a verification token and marks its address verified. A token works
@@ -117,9 +118,8 @@ func handleResendVerification(cfg config, st *store) apiFunc {
 		if err := invalidFields(check(map[string]string{}, "email", emailProblem(req.Email))); err != nil {
 			return err
 		}
-		err = st.resendVerification(r.Context(), req.Email, cfg.verifyTTL)
 		// The same reply whether or not the account exists, is verified, or was capped.
-		if err != nil && !errors.Is(err, errNotFound) && !errors.Is(err, errMailCapped) {
+		if err := st.resendVerification(r.Context(), req.Email, cfg.verifyTTL); err != nil {
 			return err
 		}
 		writeJSON(w, http.StatusOK, message{resendVerificationReply})
