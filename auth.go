@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"golang.org/x/crypto/bcrypt"
@@ -47,7 +46,7 @@ func handleRegister(cfg config, st *store, pw *hasher) apiFunc {
 		if err != nil {
 			return err
 		}
-		id, err := st.createUser(r.Context(), newUser{req.Username, req.FirstName, req.LastName, req.Email}, hash, cfg.verifyTTL)
+		id, err := st.createUser(r.Context(), newUser{req.Username, req.FirstName, req.LastName, req.Email}, hash)
 		if err != nil {
 			return err
 		}
@@ -150,7 +149,7 @@ func login(ctx context.Context, cfg config, st *store, pw *hasher, req loginRequ
 	// failure is recorded.
 	var attempt loginAttempt
 	matches, rehashed, err := pw.check(ctx, hash, req.Password, rehash, func() (err error) {
-		attempt, err = st.reserveLoginAttempt(ctx, key, cfg.loginMaxFailures)
+		attempt, err = st.reserveLoginAttempt(ctx, key)
 		return err
 	})
 	if err == nil && !matches {
@@ -173,7 +172,7 @@ func openSession(ctx context.Context, cfg config, st *store, u user, key, rehash
 	if cfg.requireVerifiedEmail && !u.EmailVerified {
 		return tokenResponse{}, fail(errForbidden, "Email address not verified")
 	}
-	sessionID, refreshToken, err := st.startSession(ctx, u, key, rehashed, min(cfg.refreshTTL, cfg.sessionLifetime))
+	sessionID, refreshToken, err := st.startSession(ctx, u, key, rehashed)
 	if err != nil {
 		return tokenResponse{}, err
 	}
@@ -233,7 +232,7 @@ func authenticate(r *http.Request, cfg config, st *store) (principal, error) {
 	if err != nil {
 		return principal{}, errRevokedToken
 	}
-	u, sessionLive, err := st.sessionUser(r.Context(), id, claims.Session, cfg.sessionLifetime)
+	u, sessionLive, err := st.sessionUser(r.Context(), id, claims.Session)
 	if errors.Is(err, errNotFound) {
 		return principal{}, errRevokedToken
 	}
@@ -263,7 +262,7 @@ func requireAdmin(logger *slog.Logger) func(http.Handler) http.Handler {
 
 // createUser registers a user with the User role and queues the mail that verifies their
 // address. A taken username or email is errConflict.
-func (s *store) createUser(ctx context.Context, u newUser, passwordHash string, verifyTTL time.Duration) (int64, error) {
+func (s *store) createUser(ctx context.Context, u newUser, passwordHash string) (int64, error) {
 	var id int64
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var err error
@@ -277,7 +276,7 @@ func (s *store) createUser(ctx context.Context, u newUser, passwordHash string, 
 		if errors.Is(err, errMailCapped) {
 			err = s.audit(ctx, tx, auditMailNotSent, 0, id, map[string]any{"for": auditVerificationRequested})
 		} else if err == nil {
-			err = s.queueVerification(ctx, tx, created, verifyTTL)
+			err = s.queueVerification(ctx, tx, created)
 		}
 		if err != nil {
 			return err

@@ -403,7 +403,7 @@ func TestAuthNoSecretsInLogs(t *testing.T) {
 				// No token in replies: take one from the store, as the mail would carry it.
 				var err error
 				env.clock.Advance(61 * time.Second) // past the one-a-minute mail cap
-				resetToken, err = env.st.createResetToken(context.Background(), "carol@example.com", env.cfg.resetTTL)
+				resetToken, err = env.st.createResetToken(context.Background(), "carol@example.com")
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -496,7 +496,7 @@ func TestStaleLoginsAndChangesLose(t *testing.T) {
 		alice.ID, mustHash(t, "reset-password")); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := env.st.startSession(ctx, alice, "user:1", "", env.cfg.refreshTTL); !errors.Is(err, errUnauthorized) {
+	if _, _, err := env.st.startSession(ctx, alice, "user:1", ""); !errors.Is(err, errUnauthorized) {
 		t.Errorf("session for a login checked against the old hash: %v, want unauthorized", err)
 	}
 	if _, _, err := env.st.changePassword(ctx, alice, mustHash(t, "attacker-password"), session); !errors.Is(err, errUnauthorized) {

@@ -166,7 +166,7 @@ func TestCreateAdminRefuses(t *testing.T) {
 			name: "the username belongs to a regular user",
 			setup: func(t *testing.T, env *testEnv) {
 				hash, _ := newHasher(4, 1).hash(context.Background(), testPassword)
-				if _, err := env.st.createUser(context.Background(), newUser{"ROOT", "A", "B", "other@example.com"}, hash, env.cfg.verifyTTL); err != nil {
+				if _, err := env.st.createUser(context.Background(), newUser{"ROOT", "A", "B", "other@example.com"}, hash); err != nil {
 					t.Fatal(err)
 				}
 			},

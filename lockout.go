@@ -41,13 +41,13 @@ type loginAttempt struct {
 // reserveLoginAttempt counts an attempt to log in as login from the request's address as a
 // failure, before its password is checked (a success then clears the count, and any other
 // outcome but a wrong password releases the attempt), and refuses it with errLockedOut while
-// the pair is locked. From the maxFailures-th consecutive failure on, the pair is locked for a
-// back-off that doubles from one minute up to fifteen. Counting is one statement: attempts
+// the pair is locked. From the policy's loginMaxFailures-th consecutive failure on, the pair
+// is locked for a back-off that doubles from one minute up to fifteen. Counting is one statement: attempts
 // made in parallel are counted one by one, and once one of them locks the pair the others
 // are refused.
-func (s *store) reserveLoginAttempt(ctx context.Context, login string, maxFailures int) (loginAttempt, error) {
+func (s *store) reserveLoginAttempt(ctx context.Context, login string) (loginAttempt, error) {
 	for {
-		attempt, lockedUntil, err := s.countLoginAttempt(ctx, login, maxFailures)
+		attempt, lockedUntil, err := s.countLoginAttempt(ctx, login)
 		switch {
 		case err != nil:
 			return loginAttempt{}, err
@@ -63,7 +63,7 @@ func (s *store) reserveLoginAttempt(ctx context.Context, login string, maxFailur
 
 // countLoginAttempt counts an attempt unless the pair is locked, and then returns the lock's
 // end (zero if it was lifted meanwhile).
-func (s *store) countLoginAttempt(ctx context.Context, login string, maxFailures int) (loginAttempt, time.Time, error) {
+func (s *store) countLoginAttempt(ctx context.Context, login string) (loginAttempt, time.Time, error) {
 	ip, now := originOf(ctx).network(), s.now()
 	attempt := loginAttempt{counted: true, login: login, ip: ip}
 	err := s.pool.QueryRow(ctx, `INSERT INTO login_failures AS f (login, ip, failures, locked_until, updated_at)
@@ -72,7 +72,7 @@ func (s *store) countLoginAttempt(ctx context.Context, login string, maxFailures
 			locked_until = CASE WHEN f.failures + 1 >= $4::int THEN $3::timestamptz +
 				interval '1 minute' * LEAST(power(2, LEAST(f.failures + 1 - $4::int, 4)), 15) END
 		WHERE f.locked_until IS NULL OR f.locked_until <= $3
-		RETURNING locked_until`, login, ip, now, maxFailures).Scan(&attempt.lockedUntil)
+		RETURNING locked_until`, login, ip, now, s.policy.loginMaxFailures).Scan(&attempt.lockedUntil)
 	if err == nil {
 		return attempt, time.Time{}, nil
 	}

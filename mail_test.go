@@ -259,7 +259,7 @@ func TestPasswordResetMailOnlyForActiveAccounts(t *testing.T) {
 	env := newTestEnv(t, srv.use)
 	env.addUser(t, "alice", roleUser)
 	carol := env.addUser(t, "carol", roleUser)
-	if _, err := env.st.updateUser(context.Background(), user{Role: roleAdmin}, carol.ID, userPatch{IsActive: new(false)}, env.cfg.verifyTTL); err != nil {
+	if _, err := env.st.updateUser(context.Background(), user{Role: roleAdmin}, carol.ID, userPatch{IsActive: new(false)}); err != nil {
 		t.Fatal(err)
 	}
 	env.deliverMail(t) // the verification mails of registration

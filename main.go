@@ -60,7 +60,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	// bcrypt runs on threads of its own at low priority (see inBackground); one P more per
 	// bcrypt slot keeps them from ever holding every P that request handlers need.
 	runtime.GOMAXPROCS(runtime.NumCPU() + cfg.bcryptConcurrency)
-	st, err := openStore(ctx, cfg.databaseURL, cfg.keys, time.Now, 30*time.Second)
+	st, err := openStore(ctx, cfg, time.Now, 30*time.Second)
 	if err != nil {
 		return openError(err)
 	}

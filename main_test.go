@@ -201,7 +201,7 @@ func newTestEnv(t testing.TB, change ...func(*config)) *testEnv {
 		c(&cfg)
 	}
 	clock := &testClock{now: time.Now().UTC().Truncate(time.Second)}
-	st, err := openStore(context.Background(), cfg.databaseURL, cfg.keys, clock.Now, 5*time.Second)
+	st, err := openStore(context.Background(), cfg, clock.Now, 5*time.Second)
 	if err != nil {
 		t.Fatalf("opening store: %v", err)
 	}
@@ -304,7 +304,7 @@ func (e *testEnv) addUser(t testing.TB, username, role string) user {
 	ctx := context.Background()
 	id, err := e.st.createUser(ctx, newUser{
 		Username: username, FirstName: "First " + username, LastName: "Last", Email: username + "@example.com",
-	}, hash, e.cfg.verifyTTL)
+	}, hash)
 	if err != nil {
 		t.Fatalf("adding user %s: %v", username, err)
 	}
@@ -331,7 +331,7 @@ func (e *testEnv) login(t testing.TB, username, password string) string {
 // the bcrypt work.
 func (e *testEnv) tokenFor(t testing.TB, u user) string {
 	t.Helper()
-	sessionID, _, err := e.st.startSession(context.Background(), u, u.Username, "", e.cfg.refreshTTL)
+	sessionID, _, err := e.st.startSession(context.Background(), u, u.Username, "")
 	if err != nil {
 		t.Fatal(err)
 	}

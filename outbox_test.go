@@ -198,7 +198,7 @@ func TestOutboxTwoWorkers(t *testing.T) {
 	for i := range messages {
 		env.addUser(t, fmt.Sprintf("user%02d", i), roleUser)
 	}
-	other, err := openStore(context.Background(), env.cfg.databaseURL, env.cfg.keys, env.clock.Now, 5*time.Second)
+	other, err := openStore(context.Background(), env.cfg, env.clock.Now, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +262,7 @@ func TestOutboxSurvivesRestart(t *testing.T) {
 		t.Fatal("mail was sent before the restart")
 	}
 
-	st, err := openStore(context.Background(), env.cfg.databaseURL, env.cfg.keys, env.clock.Now, 5*time.Second)
+	st, err := openStore(context.Background(), env.cfg, env.clock.Now, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

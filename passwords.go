@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -17,7 +16,8 @@ import (
 // new one, queues the reset mail, and returns the token; only its SHA-256 is stored. It returns
 // "" and no error when nothing was sent (no such active user, or it had its share of reset
 // mails): see sendAskedMail.
-func (s *store) createResetToken(ctx context.Context, email string, ttl time.Duration) (string, error) {
+func (s *store) createResetToken(ctx context.Context, email string) (string, error) {
+	ttl := s.policy.resetTTL
 	token := randomToken()
 	isActive := func(u user) bool { return u.IsActive }
 	sent, err := s.sendAskedMail(ctx, email, auditPasswordResetRequest, isActive, func(tx pgx.Tx, u user) error {
@@ -188,7 +188,7 @@ func handlePasswordResetRequest(cfg config, st *store) apiFunc {
 		if err := invalidFields(check(map[string]string{}, "email", emailProblem(req.Email))); err != nil {
 			return err
 		}
-		token, err := st.createResetToken(r.Context(), req.Email, cfg.resetTTL)
+		token, err := st.createResetToken(r.Context(), req.Email)
 		if err != nil {
 			return err
 		}
@@ -285,7 +285,7 @@ func changeOwnPassword(ctx context.Context, cfg config, st *store, pw *hasher, m
 	}
 	var attempt loginAttempt
 	matches, hash, err := pw.check(ctx, current, req.CurrentPassword, req.NewPassword, func() (err error) {
-		attempt, err = st.reserveLoginAttempt(ctx, accountKey(me.ID), cfg.loginMaxFailures)
+		attempt, err = st.reserveLoginAttempt(ctx, accountKey(me.ID))
 		return err
 	})
 	if err == nil && !matches {

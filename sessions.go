@@ -31,7 +31,9 @@ type session struct {
 // bump the token version), or whose account was deactivated meanwhile, gets errBadCredentials
 // rather than a session. A re-hash by a concurrent login of the same user changes the hash but
 // not the password, and spoils nothing: only the hash that was checked is replaced.
-func (s *store) startSession(ctx context.Context, u user, login, rehash string, refreshTTL time.Duration) (int64, string, error) {
+func (s *store) startSession(ctx context.Context, u user, login, rehash string) (int64, string, error) {
+	// A session cannot outlive its lifetime, so neither can its first refresh token.
+	refreshTTL := min(s.policy.refreshTTL, s.policy.sessionLifetime)
 	var sessionID int64
 	token := randomToken()
 	o, now := originOf(ctx), s.now()
@@ -124,16 +126,16 @@ type refreshRow struct {
 }
 
 // refresh exchanges a refresh token for a new one in the same session and returns the
-// session's user. The new token lasts idle, but the session ends lifetime after its login
-// however often it is refreshed, so that a stolen session cannot be kept forever. A token
-// already rotated out is answered the same way within reuseInterval
-// of its rotation (concurrent or retried refreshes); later, its reuse means it was stolen: the
-// session is revoked and the event audited.
-func (s *store) refresh(ctx context.Context, token string, idle, lifetime, reuseInterval time.Duration) (user, int64, string, error) {
+// session's user. The new token lasts the policy's refreshTTL, but the session ends its
+// sessionLifetime after its login however often it is refreshed, so that a stolen session
+// cannot be kept forever. A token already rotated out is answered the same way within the
+// reuseInterval of its rotation (concurrent or retried refreshes); later, its reuse means it
+// was stolen: the session is revoked and the event audited.
+func (s *store) refresh(ctx context.Context, token string) (user, int64, string, error) {
 	newToken := randomToken()
-	now := s.now()
-	rows, _ := s.pool.Query(ctx, refreshSQL, hashToken(token), now, hashToken(newToken), now.Add(idle),
-		reuseInterval.Seconds(), lifetime.Seconds())
+	now, reuseInterval := s.now(), s.policy.reuseInterval
+	rows, _ := s.pool.Query(ctx, refreshSQL, hashToken(token), now, hashToken(newToken), now.Add(s.policy.refreshTTL),
+		reuseInterval.Seconds(), s.policy.sessionLifetime.Seconds())
 	r, err := pgx.CollectOneRow(rows, pgx.RowToStructByName[refreshRow])
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
@@ -147,7 +149,7 @@ func (s *store) refresh(ctx context.Context, token string, idle, lifetime, reuse
 		// Rotated out longer ago than the reuse interval: a copy of the token is in other hands.
 		// (Within it, a token is refused only when the session's lifetime is over: no theft.)
 		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-			if _, err := s.revokeSession(ctx, tx, r.ID, r.SessionID, lifetime); err != nil {
+			if _, err := s.revokeSession(ctx, tx, r.ID, r.SessionID); err != nil {
 				return err
 			}
 			return s.audit(ctx, tx, auditRefreshTokenReused, 0, r.ID, map[string]any{"session_id": r.SessionID})
@@ -199,14 +201,14 @@ func (s *store) revokeOtherSessions(ctx context.Context, tx pgx.Tx, userID, keep
 const sessionIsLive = "revoked_at IS NULL AND expires_at > $3 AND created_at > $4"
 
 // liveAt is the arguments $3 and $4 of sessionIsLive: now, and the oldest login still live.
-func (s *store) liveAt(lifetime time.Duration) (now, bornAfter time.Time) {
+func (s *store) liveAt() (now, bornAfter time.Time) {
 	now = s.now()
-	return now, now.Add(-lifetime)
+	return now, now.Add(-s.policy.sessionLifetime)
 }
 
 // revokeSession revokes one live session of the user and reports whether there was one.
-func (s *store) revokeSession(ctx context.Context, tx pgx.Tx, userID, sessionID int64, lifetime time.Duration) (bool, error) {
-	now, bornAfter := s.liveAt(lifetime)
+func (s *store) revokeSession(ctx context.Context, tx pgx.Tx, userID, sessionID int64) (bool, error) {
+	now, bornAfter := s.liveAt()
 	tag, err := tx.Exec(ctx, "UPDATE sessions SET revoked_at = $3 WHERE id = $2 AND user_id = $1 AND "+sessionIsLive,
 		userID, sessionID, now, bornAfter)
 	return tag.RowsAffected() == 1, err
@@ -214,9 +216,9 @@ func (s *store) revokeSession(ctx context.Context, tx pgx.Tx, userID, sessionID 
 
 // endSession revokes one session of the user (logout, or revocation from the session list),
 // recording action. Another user's session, or one already ended, is errNotFound.
-func (s *store) endSession(ctx context.Context, userID, sessionID int64, action string, lifetime time.Duration) error {
+func (s *store) endSession(ctx context.Context, userID, sessionID int64, action string) error {
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		found, err := s.revokeSession(ctx, tx, userID, sessionID, lifetime)
+		found, err := s.revokeSession(ctx, tx, userID, sessionID)
 		if err != nil {
 			return err
 		}
@@ -238,12 +240,12 @@ func (s *store) endAllSessions(ctx context.Context, userID int64) error {
 }
 
 // liveSessions lists the user's live sessions, latest used first.
-func (s *store) liveSessions(ctx context.Context, userID int64, lifetime time.Duration) ([]session, error) {
-	now, bornAfter := s.liveAt(lifetime)
+func (s *store) liveSessions(ctx context.Context, userID int64) ([]session, error) {
+	now, bornAfter := s.liveAt()
 	rows, _ := s.pool.Query(ctx, `SELECT id, created_at, last_used_at, ip, user_agent,
 			LEAST(expires_at, created_at + $2 * interval '1 second') AS expires_at
 		FROM sessions WHERE user_id = $1 AND `+sessionIsLive+`
-		ORDER BY last_used_at DESC, id DESC`, userID, lifetime.Seconds(), now, bornAfter)
+		ORDER BY last_used_at DESC, id DESC`, userID, s.policy.sessionLifetime.Seconds(), now, bornAfter)
 	sessions, err := pgx.CollectRows(rows, pgx.RowToStructByNameLax[session])
 	if err != nil {
 		return nil, fmt.Errorf("list sessions: %w", err)
@@ -258,10 +260,10 @@ func (s *store) liveSessions(ctx context.Context, userID int64, lifetime time.Du
 
 // sessionUser loads the user of an access token together with whether its session is live:
 // the one query behind every authenticated request.
-func (s *store) sessionUser(ctx context.Context, userID, sessionID int64, lifetime time.Duration) (user, bool, error) {
+func (s *store) sessionUser(ctx context.Context, userID, sessionID int64) (user, bool, error) {
 	var u user
 	var live bool
-	now, bornAfter := s.liveAt(lifetime)
+	now, bornAfter := s.liveAt()
 	err := scanUser(s.pool.QueryRow(ctx, "SELECT "+userColumns+`, EXISTS (SELECT 1 FROM sessions
 		WHERE id = $2 AND user_id = $1 AND `+sessionIsLive+`) FROM users WHERE id = $1`,
 		userID, sessionID, now, bornAfter), &u, &live)
@@ -281,7 +283,7 @@ func handleRefresh(cfg config, st *store) apiFunc {
 		if req.RefreshToken == "" {
 			return invalidFields(map[string]string{"refresh_token": "is required"})
 		}
-		u, sessionID, refreshToken, err := st.refresh(r.Context(), req.RefreshToken, cfg.refreshTTL, cfg.sessionLifetime, cfg.refreshReuseInterval)
+		u, sessionID, refreshToken, err := st.refresh(r.Context(), req.RefreshToken)
 		if err != nil {
 			return err
 		}
@@ -292,7 +294,7 @@ func handleRefresh(cfg config, st *store) apiFunc {
 
 func handleLogout(cfg config, st *store) apiFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		err := st.endSession(r.Context(), currentUser(r.Context()).ID, currentSession(r.Context()), auditLogout, cfg.sessionLifetime)
+		err := st.endSession(r.Context(), currentUser(r.Context()).ID, currentSession(r.Context()), auditLogout)
 		// errNotFound: the session was live when the request was authenticated, and a
 		// logout-all, a revocation or the user's deletion ended it since. Logging out of an
 		// ended session has nothing left to do, and is no error.
@@ -316,7 +318,7 @@ func handleLogoutAll(st *store) apiFunc {
 
 func handleListSessions(cfg config, st *store) apiFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		sessions, err := st.liveSessions(r.Context(), currentUser(r.Context()).ID, cfg.sessionLifetime)
+		sessions, err := st.liveSessions(r.Context(), currentUser(r.Context()).ID)
 		if err != nil {
 			return err
 		}
@@ -334,7 +336,7 @@ func handleRevokeSession(cfg config, st *store) apiFunc {
 		if !ok {
 			return fail(errInvalid, "Session id must be a positive integer")
 		}
-		if err := st.endSession(r.Context(), currentUser(r.Context()).ID, id, auditSessionRevoked, cfg.sessionLifetime); err != nil {
+		if err := st.endSession(r.Context(), currentUser(r.Context()).ID, id, auditSessionRevoked); err != nil {
 			return err
 		}
 		writeJSON(w, http.StatusOK, message{"Session revoked"})

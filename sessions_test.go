@@ -127,7 +127,8 @@ func tokenParts(t testing.TB, token string) (string, tokenClaims) {
 // instance behind a load balancer would be; the returned env shares the rest with e.
 func (e *testEnv) anotherInstance(t testing.TB, cfg config) *testEnv {
 	t.Helper()
-	st, err := openStore(context.Background(), e.cfg.databaseURL, cfg.keys, e.clock.Now, 5*time.Second)
+	cfg.databaseURL = e.cfg.databaseURL
+	st, err := openStore(context.Background(), cfg, e.clock.Now, 5*time.Second)
 	if err != nil {
 		t.Fatalf("opening second store: %v", err)
 	}
@@ -432,7 +433,7 @@ func TestLogoutOfAnEndedSession(t *testing.T) {
 	}{
 		{"logout-all", func(u user, _ int64) error { return env.st.endAllSessions(context.Background(), u.ID) }},
 		{"revoked", func(u user, sessionID int64) error {
-			return env.st.endSession(context.Background(), u.ID, sessionID, auditSessionRevoked, env.cfg.sessionLifetime)
+			return env.st.endSession(context.Background(), u.ID, sessionID, auditSessionRevoked)
 		}},
 		{"deleted", func(u user, _ int64) error { return env.st.deleteUser(context.Background(), admin, u.ID) }},
 	}

@@ -40,6 +40,31 @@ type store struct {
 	pool   *pgxpool.Pool
 	now    func() time.Time
 	sealer sealer // for tokens in the mail outbox
+	policy policy
+}
+
+// policy is what the store enforces, set once when it opens: how long sessions, refresh tokens
+// and mailed tokens live, when a reused refresh token is a retry rather than theft, and how
+// many failed logins lock an account out.
+type policy struct {
+	sessionLifetime  time.Duration // absolute: no session outlives its login by more
+	refreshTTL       time.Duration // idle: each refresh token's lifetime, within the above
+	reuseInterval    time.Duration
+	verifyTTL        time.Duration
+	resetTTL         time.Duration
+	loginMaxFailures int
+}
+
+// policyOf is the policy the configuration sets.
+func policyOf(cfg config) policy {
+	return policy{
+		sessionLifetime:  cfg.sessionLifetime,
+		refreshTTL:       cfg.refreshTTL,
+		reuseInterval:    cfg.refreshReuseInterval,
+		verifyTTL:        cfg.verifyTTL,
+		resetTTL:         cfg.resetTTL,
+		loginMaxFailures: cfg.loginMaxFailures,
+	}
 }
 
 // user is a row of the users table. The hash and token version never leave the server.
@@ -70,10 +95,10 @@ const userColumns = `id, username, first_name, last_name, email, role, is_active
 const qualifiedUserColumns = `u.id, u.username, u.first_name, u.last_name, u.email, u.role, u.is_active,
 	u.email_verified, u.created_at, u.updated_at, u.password_hash, u.token_version`
 
-// openStore connects to PostgreSQL and applies the schema, retrying while the database is
-// still starting (for up to wait).
-func openStore(ctx context.Context, databaseURL string, keys keySet, now func() time.Time, wait time.Duration) (*store, error) {
-	cfg, err := pgxpool.ParseConfig(databaseURL)
+// openStore connects to the configuration's database, with its policy, and applies the schema,
+// retrying while the database is still starting (for up to wait).
+func openStore(ctx context.Context, conf config, now func() time.Time, wait time.Duration) (*store, error) {
+	cfg, err := pgxpool.ParseConfig(conf.databaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("parse DATABASE_URL: %w", err)
 	}
@@ -87,7 +112,7 @@ func openStore(ctx context.Context, databaseURL string, keys keySet, now func() 
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
-	s := &store{pool: pool, now: now, sealer: newSealer(keys)}
+	s := &store{pool: pool, now: now, sealer: newSealer(conf.keys), policy: policyOf(conf)}
 	deadline := time.Now().Add(wait)
 	for {
 		err = s.applySchema(ctx)

@@ -17,7 +17,7 @@ func TestSchemaAppliedOnceAndUpgraded(t *testing.T) {
 	url := newTestDatabase(t)
 	ctx := context.Background()
 	open := func() *store {
-		st, err := openStore(ctx, url, newKeySet([]byte("store-test-secret-store-test-secret-0123"), nil), time.Now, 10*time.Second)
+		st, err := openStore(ctx, testConfig(url), time.Now, 10*time.Second)
 		if err != nil {
 			t.Fatalf("opening store: %v", err)
 		}
@@ -75,7 +75,7 @@ func TestSchemaUpgradeFoldsASCII(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := openStore(ctx, env.cfg.databaseURL, env.cfg.keys, time.Now, 10*time.Second)
+	st, err := openStore(ctx, env.cfg, time.Now, 10*time.Second)
 	if err != nil {
 		t.Fatalf("upgrading: %v", err)
 	}

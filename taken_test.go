@@ -102,7 +102,7 @@ func TestTakenFieldsUnderRaces(t *testing.T) {
 			}
 			wg.Go(func() {
 				<-start
-				_, errs[i] = env.st.createUser(context.Background(), newUser{name, "R", "Acer", name + "@example.com"}, "x", env.cfg.verifyTTL)
+				_, errs[i] = env.st.createUser(context.Background(), newUser{name, "R", "Acer", name + "@example.com"}, "x")
 			})
 		}
 		close(start)

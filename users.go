@@ -8,7 +8,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -91,7 +90,7 @@ func handleUpdateUser(cfg config, st *store) apiFunc {
 		if err := invalidFields(patch.valid()); err != nil {
 			return err
 		}
-		u, err := st.updateUser(r.Context(), currentUser(r.Context()), id, patch, cfg.verifyTTL)
+		u, err := st.updateUser(r.Context(), currentUser(r.Context()), id, patch)
 		if err != nil {
 			return userNotFound(err)
 		}
@@ -232,7 +231,7 @@ type userPatch struct {
 // updateUser applies a patch to user id on behalf of actor, enforcing authorizeUpdate inside
 // the transaction. A change of role or active state bumps the token version and revokes every
 // session, which ends every access and refresh token the user holds.
-func (s *store) updateUser(ctx context.Context, actor user, id int64, p userPatch, verifyTTL time.Duration) (user, error) {
+func (s *store) updateUser(ctx context.Context, actor user, id int64, p userPatch) (user, error) {
 	var updated user
 	err := s.adminChange(ctx, actor, id, func(tx pgx.Tx, target user) error {
 		if err := authorizeUpdate(actor, target, p); err != nil {
@@ -270,7 +269,7 @@ func (s *store) updateUser(ctx context.Context, actor user, id int64, p userPatc
 		if err != nil {
 			return uniqueViolation(err)
 		}
-		if err := s.mailEmailChange(ctx, tx, target, updated, verifyTTL); err != nil {
+		if err := s.mailEmailChange(ctx, tx, target, updated); err != nil {
 			return err
 		}
 		if err := s.voidCredentials(ctx, tx, target, updated); err != nil {

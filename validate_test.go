@@ -307,13 +307,13 @@ func TestEmailChangeDecidedOnce(t *testing.T) {
 		if _, err := env.st.pool.Exec(ctx, "UPDATE users SET email_verified = true WHERE id = $1", u.ID); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := env.st.createResetToken(ctx, u.Email, env.cfg.resetTTL); err != nil {
+		if _, err := env.st.createResetToken(ctx, u.Email); err != nil {
 			t.Fatal(err)
 		}
 		env.deliverMail(t)
 		u = usersReload(t, env, u)
 		to := tt.to
-		updated, err := env.st.updateUser(ctx, u, u.ID, userPatch{Email: &to}, env.cfg.verifyTTL)
+		updated, err := env.st.updateUser(ctx, u, u.ID, userPatch{Email: &to})
 		if err != nil {
 			t.Fatalf("%s: updating: %v", tt.username, err)
 		}

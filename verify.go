@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -15,7 +14,8 @@ import (
 
 // queueVerification issues a verification token for u's current address (replacing earlier
 // ones) and queues the mail carrying it. Only the token's SHA-256 is stored.
-func (s *store) queueVerification(ctx context.Context, tx pgx.Tx, u user, ttl time.Duration) error {
+func (s *store) queueVerification(ctx context.Context, tx pgx.Tx, u user) error {
+	ttl := s.policy.verifyTTL
 	token := randomToken()
 	if _, err := tx.Exec(ctx, "DELETE FROM email_verification_tokens WHERE user_id = $1", u.ID); err != nil {
 		return err
@@ -37,10 +37,10 @@ func (s *store) queueVerification(ctx context.Context, tx pgx.Tx, u user, ttl ti
 // address, unless there is none or it is past its cap: then nothing is sent, and that is no
 // error (see sendAskedMail). An account that has the address but needs no mail (verified
 // already, or deactivated) is named as the target of its mail_not_sent row.
-func (s *store) resendVerification(ctx context.Context, email string, ttl time.Duration) error {
+func (s *store) resendVerification(ctx context.Context, email string) error {
 	needsMail := func(u user) bool { return u.IsActive && !u.EmailVerified }
 	_, err := s.sendAskedMail(ctx, email, auditVerificationRequested, needsMail, func(tx pgx.Tx, u user) error {
-		return s.queueVerification(ctx, tx, u, ttl)
+		return s.queueVerification(ctx, tx, u)
 	})
 	return err
 }
@@ -78,7 +78,7 @@ func (s *store) verifyEmail(ctx context.Context, token string) error {
 
 // mailEmailChange, after an update, tells the old address of the change and asks the new one
 // to verify itself (unless an admin marked it verified).
-func (s *store) mailEmailChange(ctx context.Context, tx pgx.Tx, before, after user, verifyTTL time.Duration) error {
+func (s *store) mailEmailChange(ctx context.Context, tx pgx.Tx, before, after user) error {
 	if sameFold(before.Email, after.Email) {
 		return nil // a change of case only: the same mailbox
 	}
@@ -94,7 +94,7 @@ func (s *store) mailEmailChange(ctx context.Context, tx pgx.Tx, before, after us
 	if after.EmailVerified {
 		return nil
 	}
-	return s.queueVerification(ctx, tx, after, verifyTTL)
+	return s.queueVerification(ctx, tx, after)
 }
 
 func handleVerifyEmail(st *store) apiFunc {
@@ -119,7 +119,7 @@ func handleResendVerification(cfg config, st *store) apiFunc {
 			return err
 		}
 		// The same reply whether or not the account exists, is verified, or was capped.
-		if err := st.resendVerification(r.Context(), req.Email, cfg.verifyTTL); err != nil {
+		if err := st.resendVerification(r.Context(), req.Email); err != nil {
 			return err
 		}
 		writeJSON(w, http.StatusOK, message{resendVerificationReply})

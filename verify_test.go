@@ -133,7 +133,7 @@ func TestResendVerification(t *testing.T) {
 	env := newTestEnv(t)
 	alice := env.addUser(t, "alice", roleUser)
 	vera := env.addUser(t, "vera", roleUser)
-	if _, err := env.st.updateUser(context.Background(), user{Role: roleAdmin}, vera.ID, userPatch{EmailVerified: new(true)}, env.cfg.verifyTTL); err != nil {
+	if _, err := env.st.updateUser(context.Background(), user{Role: roleAdmin}, vera.ID, userPatch{EmailVerified: new(true)}); err != nil {
 		t.Fatal(err)
 	}
 	firstToken := verificationToken(t, env, "alice@example.com")
