@@ -96,9 +96,6 @@ func (s *store) listAudit(ctx context.Context, f auditFilter) ([]auditEvent, int
 	if err != nil {
 		return nil, 0, fmt.Errorf("list audit log: %w", err)
 	}
-	for i := range events {
-		events[i].CreatedAt = events[i].CreatedAt.UTC()
-	}
 	var total int
 	if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM audit_log"+where, args...).Scan(&total); err != nil {
 		return nil, 0, fmt.Errorf("count audit log: %w", err)

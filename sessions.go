@@ -91,7 +91,7 @@ var (
 // time), issues the successor $3 and extends the session until $4, but never beyond its
 // lifetime. It returns the token's row either way, with issued telling whether the successor
 // was made.
-const refreshSQL = `WITH session AS MATERIALIZED (
+var refreshSQL = `WITH session AS MATERIALIZED (
 		SELECT id, revoked_at IS NULL AS live, user_id, created_at FROM sessions
 		WHERE id = (SELECT session_id FROM refresh_tokens WHERE token_hash = $1) FOR NO KEY UPDATE
 	), token AS (
@@ -111,18 +111,18 @@ const refreshSQL = `WITH session AS MATERIALIZED (
 	), extended AS (
 		UPDATE sessions s SET last_used_at = $2, expires_at = new_expires_at FROM usable WHERE s.id = usable.session_id
 	)
-	SELECT token.session_id, token.token_expires_at, token.rotated_at, token.session_live,
-		EXISTS (SELECT 1 FROM usable) AS issued, ` + qualifiedUserColumns + `
+	SELECT ` + qualifiedUserColumns + `, token.session_id, token.token_expires_at, token.rotated_at,
+		token.session_live, EXISTS (SELECT 1 FROM usable) AS issued
 	FROM token JOIN users u ON u.id = token.user_id`
 
 // refreshRow is a refresh token with its session and user, as refreshSQL returns it.
 type refreshRow struct {
 	user
-	SessionID      int64      `db:"session_id"`
-	TokenExpiresAt time.Time  `db:"token_expires_at"`
-	RotatedAt      *time.Time `db:"rotated_at"`
-	SessionLive    bool       `db:"session_live"`
-	Issued         bool       `db:"issued"`
+	SessionID      int64
+	TokenExpiresAt time.Time
+	RotatedAt      *time.Time
+	SessionLive    bool
+	Issued         bool
 }
 
 // refresh exchanges a refresh token for a new one in the same session and returns the
@@ -134,16 +134,16 @@ type refreshRow struct {
 func (s *store) refresh(ctx context.Context, token string) (user, int64, string, error) {
 	newToken := randomToken()
 	now, reuseInterval := s.now(), s.policy.reuseInterval
-	rows, _ := s.pool.Query(ctx, refreshSQL, hashToken(token), now, hashToken(newToken), now.Add(s.policy.refreshTTL),
-		reuseInterval.Seconds(), s.policy.sessionLifetime.Seconds())
-	r, err := pgx.CollectOneRow(rows, pgx.RowToStructByName[refreshRow])
+	var r refreshRow
+	err := scanUser(s.pool.QueryRow(ctx, refreshSQL, hashToken(token), now, hashToken(newToken), now.Add(s.policy.refreshTTL),
+		reuseInterval.Seconds(), s.policy.sessionLifetime.Seconds()),
+		&r.user, &r.SessionID, &r.TokenExpiresAt, &r.RotatedAt, &r.SessionLive, &r.Issued)
 	switch {
-	case errors.Is(err, pgx.ErrNoRows):
+	case errors.Is(err, errNotFound):
 		return user{}, 0, "", errRefreshInvalid
 	case err != nil:
 		return user{}, 0, "", fmt.Errorf("refresh: %w", err)
 	case r.Issued:
-		r.CreatedAt, r.UpdatedAt = r.CreatedAt.UTC(), r.UpdatedAt.UTC()
 		return r.user, r.SessionID, newToken, nil
 	case r.SessionLive && r.IsActive && now.Before(r.TokenExpiresAt) && r.RotatedAt != nil && now.Sub(*r.RotatedAt) > reuseInterval:
 		// Rotated out longer ago than the reuse interval: a copy of the token is in other hands.
@@ -249,11 +249,6 @@ func (s *store) liveSessions(ctx context.Context, userID int64) ([]session, erro
 	sessions, err := pgx.CollectRows(rows, pgx.RowToStructByNameLax[session])
 	if err != nil {
 		return nil, fmt.Errorf("list sessions: %w", err)
-	}
-	for i := range sessions {
-		sessions[i].CreatedAt = sessions[i].CreatedAt.UTC()
-		sessions[i].LastUsedAt = sessions[i].LastUsedAt.UTC()
-		sessions[i].ExpiresAt = sessions[i].ExpiresAt.UTC()
 	}
 	return sessions, nil
 }

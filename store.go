@@ -19,6 +19,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -69,18 +70,18 @@ func policyOf(cfg config) policy {
 
 // user is a row of the users table. The hash and token version never leave the server.
 type user struct {
-	ID            int64     `json:"id" db:"id"`
-	Username      string    `json:"username" db:"username"`
-	FirstName     string    `json:"first_name" db:"first_name"`
-	LastName      string    `json:"last_name" db:"last_name"`
-	Email         string    `json:"email" db:"email"`
-	Role          string    `json:"role" db:"role"`
-	IsActive      bool      `json:"is_active" db:"is_active"`
-	EmailVerified bool      `json:"email_verified" db:"email_verified"`
-	CreatedAt     time.Time `json:"created_at" db:"created_at"`
-	UpdatedAt     time.Time `json:"updated_at" db:"updated_at"`
-	PasswordHash  string    `json:"-" db:"password_hash"`
-	TokenVersion  int64     `json:"-" db:"token_version"`
+	ID            int64     `json:"id"`
+	Username      string    `json:"username"`
+	FirstName     string    `json:"first_name"`
+	LastName      string    `json:"last_name"`
+	Email         string    `json:"email"`
+	Role          string    `json:"role"`
+	IsActive      bool      `json:"is_active"`
+	EmailVerified bool      `json:"email_verified"`
+	CreatedAt     time.Time `json:"created_at"`
+	UpdatedAt     time.Time `json:"updated_at"`
+	PasswordHash  string    `json:"-"`
+	TokenVersion  int64     `json:"-"`
 }
 
 const (
@@ -88,12 +89,39 @@ const (
 	roleUser  = "User"
 )
 
-const userColumns = `id, username, first_name, last_name, email, role, is_active, email_verified,
-	created_at, updated_at, password_hash, token_version`
+// userFields is the one list of the users table's columns a user row holds, each with its
+// field: the SELECT lists and the scan path are made from it, so a new column is one line here
+// (and its line in schema.sql). Scanning into fields by pointer, rather than by reflection,
+// keeps the per-request authentication query cheap.
+var userFields = []struct {
+	column string
+	field  func(*user) any
+}{
+	{"id", func(u *user) any { return &u.ID }},
+	{"username", func(u *user) any { return &u.Username }},
+	{"first_name", func(u *user) any { return &u.FirstName }},
+	{"last_name", func(u *user) any { return &u.LastName }},
+	{"email", func(u *user) any { return &u.Email }},
+	{"role", func(u *user) any { return &u.Role }},
+	{"is_active", func(u *user) any { return &u.IsActive }},
+	{"email_verified", func(u *user) any { return &u.EmailVerified }},
+	{"created_at", func(u *user) any { return &u.CreatedAt }},
+	{"updated_at", func(u *user) any { return &u.UpdatedAt }},
+	{"password_hash", func(u *user) any { return &u.PasswordHash }},
+	{"token_version", func(u *user) any { return &u.TokenVersion }},
+}
 
-// qualifiedUserColumns are userColumns of a users table aliased u, for joins.
-const qualifiedUserColumns = `u.id, u.username, u.first_name, u.last_name, u.email, u.role, u.is_active,
-	u.email_verified, u.created_at, u.updated_at, u.password_hash, u.token_version`
+// userColumns is the SELECT list of a user row; qualifiedUserColumns the same of a users
+// table aliased u, for joins.
+var userColumns, qualifiedUserColumns = userColumnList(""), userColumnList("u.")
+
+func userColumnList(qualifier string) string {
+	columns := make([]string, len(userFields))
+	for i, f := range userFields {
+		columns[i] = qualifier + f.column
+	}
+	return strings.Join(columns, ", ")
+}
 
 // openStore connects to the configuration's database, with its policy, and applies the schema,
 // retrying while the database is still starting (for up to wait).
@@ -108,6 +136,7 @@ func openStore(ctx context.Context, conf config, now func() time.Time, wait time
 	// Requests are short and CPU-bound on the server side: a few connections per core keep
 	// PostgreSQL busy without queueing inside it.
 	cfg.MaxConns = int32(max(4, 2*runtime.NumCPU()))
+	cfg.AfterConnect = scanTimesInUTC
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
@@ -135,6 +164,15 @@ func openStore(ctx context.Context, conf config, now func() time.Time, wait time
 }
 
 func (s *store) close() { s.pool.Close() }
+
+// scanTimesInUTC makes every timestamptz a connection reads a UTC time, so that replies show
+// times in one zone whatever the server's TimeZone, without a .UTC() at each scan.
+func scanTimesInUTC(_ context.Context, conn *pgx.Conn) error {
+	conn.TypeMap().RegisterType(&pgtype.Type{
+		Name: "timestamptz", OID: pgtype.TimestamptzOID, Codec: &pgtype.TimestamptzCodec{ScanLocation: time.UTC},
+	})
+	return nil
+}
 
 // applySchema runs schema.sql under an advisory lock so that instances starting together do
 // not race each other's CREATE statements. A database already at this schema (its digest is
@@ -228,17 +266,17 @@ func queryUser(ctx context.Context, db interface {
 // scanUser reads a row that starts with userColumns into u, and the columns after them into
 // extra. A missing row is errNotFound.
 func scanUser(row pgx.Row, u *user, extra ...any) error {
-	// Scanning into fields by hand, rather than by reflection, keeps the per-request
-	// authentication query cheap.
-	err := row.Scan(append([]any{&u.ID, &u.Username, &u.FirstName, &u.LastName, &u.Email, &u.Role, &u.IsActive,
-		&u.EmailVerified, &u.CreatedAt, &u.UpdatedAt, &u.PasswordHash, &u.TokenVersion}, extra...)...)
+	dest := make([]any, 0, len(userFields)+len(extra))
+	for _, f := range userFields {
+		dest = append(dest, f.field(u))
+	}
+	err := row.Scan(append(dest, extra...)...)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return errNotFound
 	}
 	if err != nil {
 		return fmt.Errorf("query user: %w", err)
 	}
-	u.CreatedAt, u.UpdatedAt = u.CreatedAt.UTC(), u.UpdatedAt.UTC()
 	return nil
 }
 

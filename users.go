@@ -411,17 +411,16 @@ func (s *store) listUsers(ctx context.Context, f userFilter) ([]user, int, error
 	// A deferred join: the page's ids are found first, from an index and without reading the
 	// rows skipped by OFFSET (for the default order an index-only scan of the primary key),
 	// then only the page's rows are read whole. Plain OFFSET reads every skipped row whole.
-	pageSQL := "SELECT " + listColumns + " FROM users JOIN (SELECT id FROM users" + where + orderBy +
+	pageSQL := "SELECT " + userColumns + " FROM users JOIN (SELECT id FROM users" + where + orderBy +
 		f.limitOffset() + ") AS page USING (id)" + orderBy
 	// QueryExecModeExec plans each query with its arguments: a cached generic plan of a search
 	// cannot use the trigram index and scans every user instead.
 	rows, _ := s.pool.Query(ctx, pageSQL, append([]any{pgx.QueryExecModeExec}, args...)...)
-	users, err := pgx.CollectRows(rows, pgx.RowToStructByNameLax[user])
+	users, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (u user, err error) {
+		return u, scanUser(row, &u)
+	})
 	if err != nil {
 		return nil, 0, fmt.Errorf("list users: %w", err)
-	}
-	for i := range users {
-		users[i].CreatedAt, users[i].UpdatedAt = users[i].CreatedAt.UTC(), users[i].UpdatedAt.UTC()
 	}
 	var total int
 	countSQL := "SELECT count(*) FROM users" + where
@@ -430,9 +429,6 @@ func (s *store) listUsers(ctx context.Context, f userFilter) ([]user, int, error
 	}
 	return users, total, nil
 }
-
-// listColumns are the columns a user list shows: no hash or token version.
-const listColumns = "id, username, first_name, last_name, email, role, is_active, email_verified, created_at, updated_at"
 
 // where builds the WHERE clause of a user list. Only the present filters appear, so PostgreSQL
 // plans each shape on its own (a trigram index scan for a search, the primary key otherwise);
