@@ -116,8 +116,8 @@ func loadConfig(getenv func(string) string) (config, error) {
 		},
 	}
 	cfg.mail.publicURL = strings.TrimRight(str("PUBLIC_URL", "http://localhost"+portSuffix(cfg.addr)), "/")
-	cfg.mail.resetURL = str("PASSWORD_RESET_URL", cfg.mail.publicURL+"/api/auth/reset-password/{token}")
-	cfg.mail.verifyURL = str("EMAIL_VERIFICATION_URL", cfg.mail.publicURL+"/api/auth/verify-email/{token}")
+	cfg.mail.resetURL = str("PASSWORD_RESET_URL", cfg.mail.publicURL+resetPasswordPath+"{token}")
+	cfg.mail.verifyURL = str("EMAIL_VERIFICATION_URL", cfg.mail.publicURL+verifyEmailPath+"{token}")
 	if cfg.mail.useSSL {
 		cfg.mail.port = num("MAIL_PORT", 465, 1, 65535)
 	} else {

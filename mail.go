@@ -114,10 +114,10 @@ func render(cfg mailConfig, kind, to string, d mailData) (mailMessage, error) {
 	switch kind {
 	case mailPasswordReset:
 		d.Link = strings.ReplaceAll(cfg.resetURL, "{token}", d.Token)
-		d.APIURL = api + "/api/auth/reset-password/" + d.Token
+		d.APIURL = api + resetPasswordPath + d.Token
 	case mailVerifyEmail:
 		d.Link = strings.ReplaceAll(cfg.verifyURL, "{token}", d.Token)
-		d.APIURL = api + "/api/auth/verify-email/" + d.Token
+		d.APIURL = api + verifyEmailPath + d.Token
 	}
 	var text, html bytes.Buffer
 	if err := textTemplates.ExecuteTemplate(&text, kind+".txt", d); err != nil {

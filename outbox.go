@@ -30,6 +30,17 @@ func (s *store) enqueueMail(ctx context.Context, tx pgx.Tx, kind string, userID 
 }
 
 // queuedMail is a message waiting in the outbox.
+// mailToken queues the mail of kind that carries token, which lasts ttl, to u, and records
+// action: what a reset and a verification do once their token is stored.
+func (s *store) mailToken(ctx context.Context, tx pgx.Tx, u user, kind, token string, ttl time.Duration, action string) error {
+	d := newMailData(u)
+	d.Token, d.Expires = token, humanDuration(ttl)
+	if err := s.enqueueMail(ctx, tx, kind, u.ID, u.Email, d); err != nil {
+		return err
+	}
+	return s.audit(ctx, tx, action, 0, u.ID, nil)
+}
+
 type queuedMail struct {
 	ID        int64
 	Kind      string

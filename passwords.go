@@ -29,12 +29,7 @@ func (s *store) createResetToken(ctx context.Context, email string) (string, err
 		if err != nil {
 			return err
 		}
-		d := newMailData(u)
-		d.Token, d.Expires = token, humanDuration(ttl)
-		if err := s.enqueueMail(ctx, tx, mailPasswordReset, u.ID, u.Email, d); err != nil {
-			return err
-		}
-		return s.audit(ctx, tx, auditPasswordResetRequest, 0, u.ID, nil)
+		return s.mailToken(ctx, tx, u, mailPasswordReset, token, ttl, auditPasswordResetRequest)
 	})
 	if err != nil || !sent {
 		return "", err
@@ -173,7 +168,8 @@ func (s *store) changePassword(ctx context.Context, me user, passwordHash string
 	return version, refreshToken, err
 }
 
-type resetRequest struct {
+// emailRequest asks for mail to an address: a password reset, or the verification resent.
+type emailRequest struct {
 	Email string `json:"email"`
 }
 
@@ -181,7 +177,7 @@ const resetRequestReply = "If an account with that email exists, a password rese
 
 func handlePasswordResetRequest(cfg config, st *store) apiFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		req, err := decode[resetRequest](w, r)
+		req, err := decode[emailRequest](w, r)
 		if err != nil {
 			return err
 		}

@@ -12,6 +12,13 @@ func newServer(cfg config, st *store, pw *hasher, logger *slog.Logger) http.Hand
 	return withDeadline(withOrigin(cfg.trustedProxies, logRequests(logger, secureHeaders(jsonMuxErrors(mux)))))
 }
 
+// The paths that mailed links name, followed by the token: routes, default links and the
+// mails' API hints all use these.
+const (
+	resetPasswordPath = "/api/auth/reset-password/"
+	verifyEmailPath   = "/api/auth/verify-email/"
+)
+
 // routeAdder is the part of a mux that addRoutes uses; tests pass one that records the
 // patterns, so that checks over every route cover a new route without being told of it.
 type routeAdder interface {
@@ -30,20 +37,20 @@ func addRoutes(mux routeAdder, cfg config, st *store, pw *hasher, logger *slog.L
 	mux.Handle("POST /api/auth/register", limited(api(handleRegister(cfg, st, pw))))
 	mux.Handle("POST /api/auth/login", limited(api(handleLogin(cfg, st, pw))))
 	mux.Handle("POST /api/auth/refresh", limited(api(handleRefresh(cfg, st))))
-	mux.Handle("POST /api/auth/logout", authed(api(handleLogout(cfg, st))))
+	mux.Handle("POST /api/auth/logout", authed(api(handleLogout(st))))
 	mux.Handle("POST /api/auth/logout-all", authed(api(handleLogoutAll(st))))
 	mux.Handle("POST /api/auth/password-reset-request", limited(api(handlePasswordResetRequest(cfg, st))))
-	mux.Handle("POST /api/auth/reset-password/{token}", limited(api(handleResetPassword(cfg, st, pw))))
+	mux.Handle("POST "+resetPasswordPath+"{token}", limited(api(handleResetPassword(cfg, st, pw))))
 	mux.Handle("POST /api/auth/change-password", authed(api(handleChangePassword(cfg, st, pw))))
-	mux.Handle("POST /api/auth/verify-email/{token}", limited(api(handleVerifyEmail(st))))
-	mux.Handle("POST /api/auth/resend-verification", limited(api(handleResendVerification(cfg, st))))
+	mux.Handle("POST "+verifyEmailPath+"{token}", limited(api(handleVerifyEmail(st))))
+	mux.Handle("POST /api/auth/resend-verification", limited(api(handleResendVerification(st))))
 
 	mux.Handle("GET /api/users/me", authed(api(handleMe())))
-	mux.Handle("GET /api/users/me/sessions", authed(api(handleListSessions(cfg, st))))
-	mux.Handle("DELETE /api/users/me/sessions/{id}", authed(api(handleRevokeSession(cfg, st))))
+	mux.Handle("GET /api/users/me/sessions", authed(api(handleListSessions(st))))
+	mux.Handle("DELETE /api/users/me/sessions/{id}", authed(api(handleRevokeSession(st))))
 	mux.Handle("GET /api/users/{id}", authed(api(handleGetUser(st))))
-	mux.Handle("PUT /api/users/{id}", authed(api(handleUpdateUser(cfg, st))))
-	mux.Handle("PATCH /api/users/{id}", authed(api(handleUpdateUser(cfg, st))))
+	mux.Handle("PUT /api/users/{id}", authed(api(handleUpdateUser(st))))
+	mux.Handle("PATCH /api/users/{id}", authed(api(handleUpdateUser(st))))
 	mux.Handle("DELETE /api/users/{id}", admin(api(handleDeleteUser(st))))
 
 	mux.Handle("GET /api/admin/users", admin(api(handleList(parseUserFilter, st.listUsers))))

@@ -287,7 +287,7 @@ func handleRefresh(cfg config, st *store) apiFunc {
 	}
 }
 
-func handleLogout(cfg config, st *store) apiFunc {
+func handleLogout(st *store) apiFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		err := st.endSession(r.Context(), currentUser(r.Context()).ID, currentSession(r.Context()), auditLogout)
 		// errNotFound: the session was live when the request was authenticated, and a
@@ -311,7 +311,7 @@ func handleLogoutAll(st *store) apiFunc {
 	}
 }
 
-func handleListSessions(cfg config, st *store) apiFunc {
+func handleListSessions(st *store) apiFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		sessions, err := st.liveSessions(r.Context(), currentUser(r.Context()).ID)
 		if err != nil {
@@ -325,7 +325,7 @@ func handleListSessions(cfg config, st *store) apiFunc {
 	}
 }
 
-func handleRevokeSession(cfg config, st *store) apiFunc {
+func handleRevokeSession(st *store) apiFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		id, ok := parseID(r.PathValue("id"))
 		if !ok {

@@ -447,7 +447,7 @@ func TestLogoutOfAnEndedSession(t *testing.T) {
 			req := httptest.NewRequest("POST", "/api/auth/logout", nil)
 			req = req.WithContext(context.WithValue(req.Context(), principalKey{}, principal{user: u, sessionID: claims.Session}))
 			w := httptest.NewRecorder()
-			serveAPI(logger)(handleLogout(env.cfg, env.st)).ServeHTTP(w, req)
+			serveAPI(logger)(handleLogout(env.st)).ServeHTTP(w, req)
 			if w.Code != http.StatusOK || !strings.Contains(w.Body.String(), "Logged out") {
 				t.Errorf("logout of a session ended by %s: %d %s, want 200", c.name, w.Code, w.Body)
 			}

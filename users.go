@@ -39,7 +39,7 @@ func handleGetUser(st *store) apiFunc {
 	}
 }
 
-func (p *userPatch) valid() map[string]string {
+func (p userPatch) valid() map[string]string {
 	problems := map[string]string{}
 	if p.Username != nil {
 		check(problems, "username", usernameProblem(*p.Username))
@@ -54,19 +54,26 @@ func (p *userPatch) valid() map[string]string {
 		check(problems, "email", emailProblem(*p.Email))
 	}
 	if p.Role != nil {
-		role, ok := parseRole(*p.Role)
-		if !ok {
+		if _, ok := parseRole(*p.Role); !ok {
 			problems["role"] = "must be Admin or User"
 		}
-		p.Role = &role
 	}
-	if *p == (userPatch{}) && len(problems) == 0 {
+	if p == (userPatch{}) && len(problems) == 0 {
 		problems["body"] = "must set at least one field"
 	}
 	return problems
 }
 
 // parseRole accepts a role name in any case and returns its canonical spelling.
+// withCanonicalRole is p with a valid role spelled as it is stored ("admin" becomes "Admin").
+func (p userPatch) withCanonicalRole() userPatch {
+	if p.Role != nil {
+		role, _ := parseRole(*p.Role)
+		p.Role = &role
+	}
+	return p
+}
+
 func parseRole(s string) (string, bool) {
 	switch strings.ToLower(s) {
 	case "admin":
@@ -77,7 +84,7 @@ func parseRole(s string) (string, bool) {
 	return s, false
 }
 
-func handleUpdateUser(cfg config, st *store) apiFunc {
+func handleUpdateUser(st *store) apiFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		id, err := targetID(r)
 		if err != nil {
@@ -90,7 +97,7 @@ func handleUpdateUser(cfg config, st *store) apiFunc {
 		if err := invalidFields(patch.valid()); err != nil {
 			return err
 		}
-		u, err := st.updateUser(r.Context(), currentUser(r.Context()), id, patch)
+		u, err := st.updateUser(r.Context(), currentUser(r.Context()), id, patch.withCanonicalRole())
 		if err != nil {
 			return userNotFound(err)
 		}

@@ -25,12 +25,7 @@ func (s *store) queueVerification(ctx context.Context, tx pgx.Tx, u user) error 
 	if err != nil {
 		return fmt.Errorf("verification token: %w", err)
 	}
-	d := newMailData(u)
-	d.Token, d.Expires = token, humanDuration(ttl)
-	if err := s.enqueueMail(ctx, tx, mailVerifyEmail, u.ID, u.Email, d); err != nil {
-		return err
-	}
-	return s.audit(ctx, tx, auditVerificationRequested, 0, u.ID, nil)
+	return s.mailToken(ctx, tx, u, mailVerifyEmail, token, ttl, auditVerificationRequested)
 }
 
 // resendVerification queues a new verification mail for the active, unverified user with this
@@ -109,9 +104,9 @@ func handleVerifyEmail(st *store) apiFunc {
 
 const resendVerificationReply = "If an unverified account with that email exists, a verification email has been sent."
 
-func handleResendVerification(cfg config, st *store) apiFunc {
+func handleResendVerification(st *store) apiFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		req, err := decode[resetRequest](w, r)
+		req, err := decode[emailRequest](w, r)
 		if err != nil {
 			return err
 		}
