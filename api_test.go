@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
-	"mime"
 	"net/http"
 	"slices"
 	"strconv"
@@ -17,72 +16,7 @@ import (
 // malformed bodies on every JSON endpoint, bad ids, unknown routes and wrong methods, and fuzz
 // targets that throw arbitrary input at the real handler.
 
-// apiCheckReply fails the test unless r is a JSON reply that is not a 5xx and carries the
-// headers every response should; an error reply must hold a non-empty "message".
-func apiCheckReply(t testing.TB, r response) {
-	t.Helper()
-	if r.status >= 500 {
-		t.Fatalf("status %d, want no 5xx; body: %s", r.status, r.body)
-	}
-	if mediaType, _, _ := mime.ParseMediaType(r.header.Get("Content-Type")); mediaType != "application/json" {
-		t.Errorf("Content-Type %q, want application/json; body: %s", r.header.Get("Content-Type"), r.body)
-	}
-	for name, want := range map[string]string{
-		"X-Content-Type-Options": "nosniff",
-		"Cache-Control":          "no-store",
-		"Referrer-Policy":        "no-referrer",
-	} {
-		if got := r.header.Get(name); got != want {
-			t.Errorf("%s = %q, want %q", name, got, want)
-		}
-	}
-	if r.header.Get("X-Request-Id") == "" {
-		t.Error("no X-Request-Id header")
-	}
-	if r.status >= 400 && r.message(t) == "" {
-		t.Errorf("status %d without a message: %s", r.status, r.body)
-	}
-}
-
-// apiExpectError checks that r is a JSON error with the given status whose "errors" names each
-// of fields.
-func apiExpectError(t testing.TB, r response, status int, fields ...string) {
-	t.Helper()
-	apiCheckReply(t, r)
-	r.expect(t, status)
-	errs, _ := r.json(t)["errors"].(map[string]any)
-	for _, f := range fields {
-		if reason, _ := errs[f].(string); reason == "" {
-			t.Errorf("errors does not name %q: %s", f, r.body)
-		}
-	}
-}
-
-// apiSend sends body as is with the given Content-Type ("" sends none).
-func apiSend(t testing.TB, env *testEnv, method, path, token, contentType string, body []byte) response {
-	t.Helper()
-	req, err := http.NewRequest(method, env.server.URL+path, bytes.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if contentType != "" {
-		req.Header.Set("Content-Type", contentType)
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	r := send(t, req)
-	if r.status >= 500 { // show why: the server's latest internal error
-		logs := env.logs.String()
-		if i := strings.LastIndex(logs, "internal error"); i >= 0 {
-			line, _, _ := strings.Cut(logs[i:], "\n")
-			t.Log("server log:", line)
-		}
-	}
-	return r
-}
-
-func apiMarshal(t testing.TB, v any) []byte {
+func mustMarshal(t testing.TB, v any) []byte {
 	t.Helper()
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -91,8 +25,8 @@ func apiMarshal(t testing.TB, v any) []byte {
 	return b
 }
 
-// apiPad pads a JSON body with trailing whitespace (still valid JSON) to exactly n bytes.
-func apiPad(t testing.TB, b []byte, n int) []byte {
+// padBody pads a JSON body with trailing whitespace (still valid JSON) to exactly n bytes.
+func padBody(t testing.TB, b []byte, n int) []byte {
 	t.Helper()
 	if len(b) > n {
 		t.Fatalf("body of %d bytes is already over %d", len(b), n)
@@ -100,10 +34,10 @@ func apiPad(t testing.TB, b []byte, n int) []byte {
 	return append(b, bytes.Repeat([]byte(" "), n-len(b))...)
 }
 
-// apiEndpoint is a JSON endpoint: its fields by JSON type, the status of a good request, and
+// bodyEndpoint is a JSON endpoint: its fields by JSON type, the status of a good request, and
 // setup, which prepares a fresh good request (a new user, a new reset token), so that cases
 // never depend on one another.
-type apiEndpoint struct {
+type bodyEndpoint struct {
 	name          string
 	method        string
 	stringFields  []string
@@ -113,11 +47,11 @@ type apiEndpoint struct {
 	setup         func(t *testing.T) (path, token string, body map[string]any)
 }
 
-// apiEndpoints lists every endpoint that reads a JSON body.
-func apiEndpoints(env *testEnv, adminToken string) []apiEndpoint {
+// bodyEndpoints lists every endpoint that reads a JSON body.
+func bodyEndpoints(env *testEnv, adminToken string) []bodyEndpoint {
 	fresh := func(t *testing.T) user { return env.addUser(t, "u"+newRequestID(), roleUser) }
-	updateUser := func(method string) apiEndpoint {
-		return apiEndpoint{
+	updateUser := func(method string) bodyEndpoint {
+		return bodyEndpoint{
 			name: method + " user", method: method, ok: http.StatusOK,
 			stringFields:  []string{"username", "first_name", "last_name", "email", "role"},
 			boolFields:    []string{"is_active"},
@@ -127,7 +61,7 @@ func apiEndpoints(env *testEnv, adminToken string) []apiEndpoint {
 			},
 		}
 	}
-	return []apiEndpoint{
+	return []bodyEndpoint{
 		{
 			name: "register", method: "POST", ok: http.StatusCreated,
 			stringFields:  []string{"username", "first_name", "last_name", "email", "password"},
@@ -183,8 +117,8 @@ func apiEndpoints(env *testEnv, adminToken string) []apiEndpoint {
 	}
 }
 
-// apiBodyCase is one way a request body can be wrong.
-type apiBodyCase struct {
+// bodyCase is one way a request body can be wrong.
+type bodyCase struct {
 	name        string
 	contentType string
 	body        func(t *testing.T, good map[string]any) []byte
@@ -192,9 +126,9 @@ type apiBodyCase struct {
 	fields      []string // names the reply's "errors" must hold
 }
 
-// apiBadBodies lists the bad bodies for e: the shapes every endpoint refuses, then wrong
+// badBodies lists the bad bodies for e: the shapes every endpoint refuses, then wrong
 // types, nulls and unknown names for each of its fields.
-func apiBadBodies(e apiEndpoint) []apiBodyCase {
+func badBodies(e bodyEndpoint) []bodyCase {
 	const jsonType = "application/json"
 	raw := func(s string) func(*testing.T, map[string]any) []byte {
 		return func(*testing.T, map[string]any) []byte { return []byte(s) }
@@ -203,14 +137,14 @@ func apiBadBodies(e apiEndpoint) []apiBodyCase {
 		return func(t *testing.T, good map[string]any) []byte {
 			m := maps.Clone(good)
 			maps.Copy(m, extra)
-			return apiMarshal(t, m)
+			return mustMarshal(t, m)
 		}
 	}
 	good := with(nil)
 	then := func(suffix string) func(*testing.T, map[string]any) []byte {
 		return func(t *testing.T, g map[string]any) []byte { return append(good(t, g), suffix...) }
 	}
-	cases := []apiBodyCase{
+	cases := []bodyCase{
 		{"unclosed object", jsonType, raw(`{`), 400, nil},
 		{"missing value", jsonType, raw(`{"a":}`), 400, nil},
 		{"unquoted name", jsonType, raw(`{username: "x"}`), 400, nil},
@@ -220,7 +154,7 @@ func apiBadBodies(e apiEndpoint) []apiBodyCase {
 		{"trailing closing brace", jsonType, then(`}`), 400, nil},
 		{"array", jsonType, raw(`[]`), 400, nil},
 		{"array holding the good object", jsonType, func(t *testing.T, g map[string]any) []byte {
-			return apiMarshal(t, []any{g})
+			return mustMarshal(t, []any{g})
 		}, 400, nil},
 		{"string", jsonType, raw(`"hello"`), 400, nil},
 		{"number", jsonType, raw(`42`), 400, nil},
@@ -237,47 +171,47 @@ func apiBadBodies(e apiEndpoint) []apiBodyCase {
 		{"form encoded", "application/x-www-form-urlencoded", raw("username=alice&password=password123"), 415, nil},
 		{"multipart", "multipart/form-data; boundary=x", good, 415, nil},
 		{"json-ish media type", "application/jsonp", good, 415, nil},
-		{"over 64 KiB", jsonType, func(t *testing.T, g map[string]any) []byte { return apiPad(t, good(t, g), 64<<10+1) }, 413, nil},
-		{"256 KiB", jsonType, func(t *testing.T, g map[string]any) []byte { return apiPad(t, good(t, g), 256<<10) }, 413, nil},
+		{"over 64 KiB", jsonType, func(t *testing.T, g map[string]any) []byte { return padBody(t, good(t, g), 64<<10+1) }, 413, nil},
+		{"256 KiB", jsonType, func(t *testing.T, g map[string]any) []byte { return padBody(t, good(t, g), 256<<10) }, 413, nil},
 		{"over 64 KiB of garbage", jsonType, raw(strings.Repeat("x", 64<<10+1)), 413, nil},
 	}
 	for _, f := range e.unknownFields {
-		cases = append(cases, apiBodyCase{"unknown field " + f, jsonType, with(map[string]any{f: "x"}), 400, []string{f}})
+		cases = append(cases, bodyCase{"unknown field " + f, jsonType, with(map[string]any{f: "x"}), 400, []string{f}})
 	}
 	wrong := map[string]any{}
 	for _, f := range e.stringFields {
 		wrong[f] = 1 // several wrong fields at once: every one is named
 		cases = append(cases,
-			apiBodyCase{f + " as a number", jsonType, with(map[string]any{f: 42}), 400, []string{f}},
-			apiBodyCase{f + " as an object", jsonType, with(map[string]any{f: map[string]any{"a": "b"}}), 400, []string{f}},
-			apiBodyCase{f + " as an array", jsonType, with(map[string]any{f: []string{"x"}}), 400, []string{f}},
-			apiBodyCase{f + " as a boolean", jsonType, with(map[string]any{f: true}), 400, []string{f}},
-			apiBodyCase{f + " null", jsonType, with(map[string]any{f: nil}), 400, []string{f}},
+			bodyCase{f + " as a number", jsonType, with(map[string]any{f: 42}), 400, []string{f}},
+			bodyCase{f + " as an object", jsonType, with(map[string]any{f: map[string]any{"a": "b"}}), 400, []string{f}},
+			bodyCase{f + " as an array", jsonType, with(map[string]any{f: []string{"x"}}), 400, []string{f}},
+			bodyCase{f + " as a boolean", jsonType, with(map[string]any{f: true}), 400, []string{f}},
+			bodyCase{f + " null", jsonType, with(map[string]any{f: nil}), 400, []string{f}},
 		)
 	}
 	for _, f := range e.boolFields {
 		wrong[f] = "true"
 		cases = append(cases,
-			apiBodyCase{f + " as a string", jsonType, with(map[string]any{f: "true"}), 400, []string{f}},
-			apiBodyCase{f + " as a number", jsonType, with(map[string]any{f: 1}), 400, []string{f}},
-			apiBodyCase{f + " as an object", jsonType, with(map[string]any{f: map[string]any{}}), 400, []string{f}},
-			apiBodyCase{f + " null", jsonType, with(map[string]any{f: nil}), 400, []string{f}},
+			bodyCase{f + " as a string", jsonType, with(map[string]any{f: "true"}), 400, []string{f}},
+			bodyCase{f + " as a number", jsonType, with(map[string]any{f: 1}), 400, []string{f}},
+			bodyCase{f + " as an object", jsonType, with(map[string]any{f: map[string]any{}}), 400, []string{f}},
+			bodyCase{f + " null", jsonType, with(map[string]any{f: nil}), 400, []string{f}},
 		)
 	}
-	return append(cases, apiBodyCase{"every field mistyped", jsonType, with(wrong), 400, slices.Sorted(maps.Keys(wrong))})
+	return append(cases, bodyCase{"every field mistyped", jsonType, with(wrong), 400, slices.Sorted(maps.Keys(wrong))})
 }
 
 func TestBadBodiesGetClear4xx(t *testing.T) {
 	t.Parallel()
 	env := newTestEnv(t)
 	adminToken := env.tokenFor(t, env.addUser(t, "root", roleAdmin))
-	for _, e := range apiEndpoints(env, adminToken) {
-		for _, c := range apiBadBodies(e) {
+	for _, e := range bodyEndpoints(env, adminToken) {
+		for _, c := range badBodies(e) {
 			t.Run(e.name+"/"+c.name, func(t *testing.T) {
 				t.Parallel()
 				path, token, good := e.setup(t)
-				r := apiSend(t, env, e.method, path, token, c.contentType, c.body(t, good))
-				apiExpectError(t, r, c.status, c.fields...)
+				r := sendRaw(t, env, e.method, path, token, c.contentType, c.body(t, good))
+				expectError(t, r, c.status, c.fields...)
 			})
 		}
 	}
@@ -299,17 +233,17 @@ func TestGoodBodiesAccepted(t *testing.T) {
 		{"media type in capitals", "Application/JSON", 0},
 		{"exactly 64 KiB", "application/json", 64 << 10},
 	}
-	for _, e := range apiEndpoints(env, adminToken) {
+	for _, e := range bodyEndpoints(env, adminToken) {
 		for _, c := range cases {
 			t.Run(e.name+"/"+c.name, func(t *testing.T) {
 				t.Parallel()
 				path, token, good := e.setup(t)
-				body := apiMarshal(t, good)
+				body := mustMarshal(t, good)
 				if c.size > 0 {
-					body = apiPad(t, body, c.size)
+					body = padBody(t, body, c.size)
 				}
-				r := apiSend(t, env, e.method, path, token, c.contentType, body)
-				apiCheckReply(t, r)
+				r := sendRaw(t, env, e.method, path, token, c.contentType, body)
+				checkReply(t, r)
 				r.expect(t, e.ok)
 			})
 		}
@@ -322,7 +256,7 @@ func TestNULBytesNever500(t *testing.T) {
 	t.Parallel()
 	env := newTestEnv(t)
 	adminToken := env.tokenFor(t, env.addUser(t, "root", roleAdmin))
-	for _, e := range apiEndpoints(env, adminToken) {
+	for _, e := range bodyEndpoints(env, adminToken) {
 		for _, f := range e.stringFields {
 			for _, suffix := range []string{"\x00", "\x00@example.com"} {
 				t.Run(fmt.Sprintf("%s/%s/%q", e.name, f, suffix), func(t *testing.T) {
@@ -330,8 +264,8 @@ func TestNULBytesNever500(t *testing.T) {
 					path, token, good := e.setup(t)
 					value, _ := good[f].(string)
 					good[f] = value + suffix
-					r := apiSend(t, env, e.method, path, token, "application/json", apiMarshal(t, good))
-					apiCheckReply(t, r)
+					r := sendRaw(t, env, e.method, path, token, "application/json", mustMarshal(t, good))
+					checkReply(t, r)
 					// A password is any bytes (bcrypt hashes them); every other field refuses control characters.
 					if r.status < 400 && !strings.HasSuffix(f, "password") {
 						t.Errorf("a NUL byte in %s was accepted: %d %s", f, r.status, r.body)
@@ -369,7 +303,7 @@ func TestBadUserIDs(t *testing.T) {
 					if method == "DELETE" && actor.name == "user" {
 						want = http.StatusForbidden
 					}
-					apiExpectError(t, apiSend(t, env, method, "/api/users/"+id, actor.token, contentType, body), want)
+					expectError(t, sendRaw(t, env, method, "/api/users/"+id, actor.token, contentType, body), want)
 				})
 			}
 		}
@@ -396,7 +330,7 @@ func TestListUsersBadQuery(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.query, func(t *testing.T) {
 			t.Parallel()
-			apiExpectError(t, apiSend(t, env, "GET", "/api/admin/users?"+c.query, token, "", nil), http.StatusBadRequest, c.param)
+			expectError(t, sendRaw(t, env, "GET", "/api/admin/users?"+c.query, token, "", nil), http.StatusBadRequest, c.param)
 		})
 	}
 }
@@ -419,8 +353,8 @@ func FuzzRegisterBody(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		t.Parallel()
-		r := apiSend(t, env, "POST", "/api/auth/register", "", "application/json", body)
-		apiCheckReply(t, r)
+		r := sendRaw(t, env, "POST", "/api/auth/register", "", "application/json", body)
+		checkReply(t, r)
 		if r.message(t) == "" {
 			t.Errorf("status %d without a message: %s", r.status, r.body)
 		}
@@ -447,8 +381,8 @@ func FuzzUserUpdateBody(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		t.Parallel()
 		target := env.addUser(t, "u"+newRequestID(), roleUser) // fresh, whatever earlier inputs did
-		r := apiSend(t, env, "PATCH", "/api/users/"+strconv.FormatInt(target.ID, 10), adminToken, "application/json", body)
-		apiCheckReply(t, r)
+		r := sendRaw(t, env, "PATCH", "/api/users/"+strconv.FormatInt(target.ID, 10), adminToken, "application/json", body)
+		checkReply(t, r)
 	})
 }
 

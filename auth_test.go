@@ -17,51 +17,11 @@ import (
 
 // Tests of registration and login, through the real handler on a real database.
 
-// authRegisterBody is a valid registration for username.
-func authRegisterBody(username string) map[string]any {
-	return map[string]any{
-		"username":   username,
-		"first_name": "Ada",
-		"last_name":  "Lovelace",
-		"email":      username + "@example.com",
-		"password":   "correct-horse",
-	}
-}
-
-// authErrorKeys returns the sorted field names of a reply's "errors" object.
-func authErrorKeys(t *testing.T, r response) []string {
-	t.Helper()
-	errs, _ := r.json(t)["errors"].(map[string]any)
-	keys := make([]string, 0, len(errs))
-	for k := range errs {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
-}
-
-// authEmailOfLength returns a valid address exactly n characters long (n >= 12): "user@",
-// then domain labels of at most 63 characters, then ".com".
-func authEmailOfLength(n int) string {
-	room := n - len("user@") - len(".com") // for the labels and the dots between them
-	k := (room + 64) / 64                  // labels needed: k labels and k-1 dots hold 64k-1
-	letters := room - (k - 1)
-	labels := make([]string, k)
-	for i := range labels {
-		size := letters / k
-		if i < letters%k {
-			size++
-		}
-		labels[i] = strings.Repeat("a", size)
-	}
-	return "user@" + strings.Join(labels, ".") + ".com"
-}
-
 func TestAuthRegister(t *testing.T) {
 	t.Parallel()
 	env := newTestEnv(t)
 
-	r := env.do(t, "POST", "/api/auth/register", "", authRegisterBody("alice")).expect(t, http.StatusCreated)
+	r := env.do(t, "POST", "/api/auth/register", "", registerBody("alice")).expect(t, http.StatusCreated)
 	body := r.json(t)
 	if body["message"] != "Register Successfully" {
 		t.Errorf("message = %v, want %q", body["message"], "Register Successfully")
@@ -87,10 +47,10 @@ func TestAuthRegister(t *testing.T) {
 
 	// Nobody registers themself as an admin: "role" is not a field of the request.
 	for _, role := range []string{"Admin", "admin", "User"} {
-		b := authRegisterBody("mallory")
+		b := registerBody("mallory")
 		b["role"] = role
 		r := env.do(t, "POST", "/api/auth/register", "", b).expect(t, http.StatusBadRequest)
-		if keys := authErrorKeys(t, r); !slices.Equal(keys, []string{"role"}) {
+		if keys := errorFields(t, r); !slices.Equal(keys, []string{"role"}) {
 			t.Errorf("role %q: errors keys = %v, want [role]; body: %s", role, keys, r.body)
 		}
 	}
@@ -122,8 +82,8 @@ func TestAuthRegisterValidation(t *testing.T) {
 		{"username with slash", set("username", "bad/name"), []string{"username"}},
 		{"username non-ASCII", set("username", "jürgen"), []string{"username"}},
 		{"username with NUL", set("username", "bad\x00name"), []string{"username"}},
-		{"email of 254", set("email", authEmailOfLength(254)), nil},
-		{"email of 255", set("email", authEmailOfLength(255)), []string{"email"}},
+		{"email of 254", set("email", emailOfLength(254)), nil},
+		{"email of 255", set("email", emailOfLength(255)), []string{"email"}},
 		{"email empty", set("email", ""), []string{"email"}},
 		{"email without @", set("email", "not-an-email"), []string{"email"}},
 		{"email without domain", set("email", "user@"), []string{"email"}},
@@ -169,7 +129,7 @@ func TestAuthRegisterValidation(t *testing.T) {
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			// A distinct username and email per case, so that the successes do not collide.
-			b := authRegisterBody(fmt.Sprintf("user%d", i))
+			b := registerBody(fmt.Sprintf("user%d", i))
 			if tt.change != nil {
 				tt.change(b)
 			}
@@ -179,7 +139,7 @@ func TestAuthRegisterValidation(t *testing.T) {
 				return
 			}
 			r.expect(t, http.StatusBadRequest)
-			if got := authErrorKeys(t, r); !slices.Equal(got, tt.want) {
+			if got := errorFields(t, r); !slices.Equal(got, tt.want) {
 				t.Errorf("errors keys = %v, want %v; body: %s", got, tt.want, r.body)
 			}
 		})
@@ -196,7 +156,7 @@ func TestAuthRegisterPasswordMinLength(t *testing.T) {
 		{"tulip-ferry", http.StatusBadRequest},
 		{"tulip-ferry-", http.StatusCreated},
 	} {
-		b := authRegisterBody(fmt.Sprintf("len%d", len(tt.password)))
+		b := registerBody(fmt.Sprintf("len%d", len(tt.password)))
 		b["password"] = tt.password
 		r := env.do(t, "POST", "/api/auth/register", "", b)
 		if r.status != tt.status {
@@ -208,7 +168,7 @@ func TestAuthRegisterPasswordMinLength(t *testing.T) {
 func TestAuthRegisterDuplicate(t *testing.T) {
 	t.Parallel()
 	env := newTestEnv(t)
-	env.do(t, "POST", "/api/auth/register", "", authRegisterBody("alice")).expect(t, http.StatusCreated)
+	env.do(t, "POST", "/api/auth/register", "", registerBody("alice")).expect(t, http.StatusCreated)
 	tests := []struct {
 		name, username, email, field string
 	}{
@@ -221,10 +181,10 @@ func TestAuthRegisterDuplicate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			b := authRegisterBody(tt.username)
+			b := registerBody(tt.username)
 			b["email"] = tt.email
 			r := env.do(t, "POST", "/api/auth/register", "", b).expect(t, http.StatusConflict)
-			if got := authErrorKeys(t, r); !slices.Equal(got, []string{tt.field}) {
+			if got := errorFields(t, r); !slices.Equal(got, []string{tt.field}) {
 				t.Errorf("errors keys = %v, want [%s]; body: %s", got, tt.field, r.body)
 			}
 		})
@@ -238,8 +198,8 @@ func TestAuthRegisterDuplicate(t *testing.T) {
 	}
 }
 
-// authPost sends a JSON POST without a testing.TB, for use from many goroutines at once.
-func authPost(url string, body any) (int, error) {
+// postJSON sends a JSON POST without a testing.TB, for use from many goroutines at once.
+func postJSON(url string, body any) (int, error) {
 	raw, err := json.Marshal(body)
 	if err != nil {
 		return 0, err
@@ -263,7 +223,7 @@ func TestAuthRegisterRace(t *testing.T) {
 		errs := make([]error, racers)
 		var wg sync.WaitGroup
 		for i := range racers {
-			b := authRegisterBody(fmt.Sprintf("racer%d", round))
+			b := registerBody(fmt.Sprintf("racer%d", round))
 			if round%2 == 0 {
 				b["email"] = fmt.Sprintf("racer%d-%d@example.com", round, i)
 			} else {
@@ -274,7 +234,7 @@ func TestAuthRegisterRace(t *testing.T) {
 			}
 			wg.Go(func() {
 				<-start
-				statuses[i], errs[i] = authPost(env.server.URL+"/api/auth/register", b)
+				statuses[i], errs[i] = postJSON(env.server.URL+"/api/auth/register", b)
 			})
 		}
 		close(start)
@@ -352,15 +312,15 @@ func TestAuthLogin(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			r := env.do(t, "POST", "/api/auth/login", "", tt.body).expect(t, http.StatusBadRequest)
-			if got := authErrorKeys(t, r); !slices.Equal(got, tt.want) {
+			if got := errorFields(t, r); !slices.Equal(got, tt.want) {
 				t.Errorf("errors keys = %v, want %v; body: %s", got, tt.want, r.body)
 			}
 		})
 	}
 }
 
-// authClosedPort returns a local port nothing listens on.
-func authClosedPort(t *testing.T) int {
+// closedPort returns a local port nothing listens on.
+func closedPort(t *testing.T) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -376,7 +336,7 @@ func TestAuthNoSecretsInLogs(t *testing.T) {
 	// The dummy backend logs the mail body, reset token included, on purpose; the SMTP backend
 	// (here pointed at a closed port, so sending fails and is logged) never logs the body, so
 	// with it the reset token is checked too.
-	port := authClosedPort(t)
+	port := closedPort(t)
 	smtp := func(c *config) { c.mail.backend, c.mail.server, c.mail.port = mailSMTP, "127.0.0.1", port }
 	for _, tt := range []struct {
 		name            string
@@ -397,7 +357,7 @@ func TestAuthNoSecretsInLogs(t *testing.T) {
 			env.do(t, "POST", "/api/auth/login", "", map[string]string{"username": "carol", "password": passwords[3]}).
 				expect(t, http.StatusUnauthorized)
 
-			body := authRequestReset(t, env, "carol@example.com")
+			body := requestReset(t, env, "carol@example.com")
 			resetToken, _ := body["token"].(string)
 			if resetToken == "" {
 				// No token in replies: take one from the store, as the mail would carry it.
@@ -408,7 +368,7 @@ func TestAuthNoSecretsInLogs(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			authReset(t, env, resetToken, passwords[1]).expect(t, http.StatusOK)
+			postReset(t, env, resetToken, passwords[1]).expect(t, http.StatusOK)
 			tokens = append(tokens, env.login(t, "carol", passwords[1]))
 			r := env.do(t, "POST", "/api/auth/change-password", tokens[1],
 				map[string]string{"current_password": passwords[1], "new_password": passwords[2]}).expect(t, http.StatusOK)

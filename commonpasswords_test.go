@@ -53,15 +53,15 @@ type passwordSetter struct {
 var passwordSetters = []passwordSetter{
 	{"register", "password", func(t *testing.T, env *testEnv, username string) func(string) response {
 		return func(password string) response {
-			body := authRegisterBody(username)
+			body := registerBody(username)
 			body["password"] = password
 			return env.do(t, "POST", "/api/auth/register", "", body)
 		}
 	}},
 	{"reset", "new_password", func(t *testing.T, env *testEnv, username string) func(string) response {
 		env.addUser(t, username, roleUser)
-		token := authResetToken(t, env, username+"@example.com")
-		return func(password string) response { return authReset(t, env, token, password) }
+		token := resetTokenFor(t, env, username+"@example.com")
+		return func(password string) response { return postReset(t, env, token, password) }
 	}},
 	{"change", "new_password", func(t *testing.T, env *testEnv, username string) func(string) response {
 		access := env.tokenFor(t, env.addUser(t, username, roleUser))
@@ -143,19 +143,19 @@ func TestResetRefusalKeepsToken(t *testing.T) {
 	env := newTestEnv(t)
 	alice := env.addUser(t, "alice", roleUser)
 	access := env.tokenFor(t, alice)
-	token := authResetToken(t, env, alice.Email)
+	token := resetTokenFor(t, env, alice.Email)
 	env.deliverMail(t) // the reset mail itself
 	for _, password := range []string{"letmein1", "ALICE@example.com"} {
-		authReset(t, env, token, password).expect(t, http.StatusBadRequest)
+		postReset(t, env, token, password).expect(t, http.StatusBadRequest)
 	}
 	env.do(t, "GET", "/api/users/me", access, nil).expect(t, http.StatusOK)
 	env.login(t, "alice", testPassword)
 	if sent := env.deliverMail(t); len(sent) != 0 {
 		t.Errorf("%d mails after refused resets, want none", len(sent))
 	}
-	authReset(t, env, token, "quill-harbor-77").expect(t, http.StatusOK)
+	postReset(t, env, token, "quill-harbor-77").expect(t, http.StatusOK)
 	env.login(t, "alice", "quill-harbor-77")
-	authReset(t, env, token, "quill-harbor-78").expect(t, http.StatusBadRequest) // used now
+	postReset(t, env, token, "quill-harbor-78").expect(t, http.StatusBadRequest) // used now
 }
 
 // TestGuessableRefusalOrder: a password too short to be allowed is told so, not that it is
@@ -163,13 +163,13 @@ func TestResetRefusalKeepsToken(t *testing.T) {
 func TestGuessableRefusalOrder(t *testing.T) {
 	t.Parallel()
 	env := newTestEnv(t)
-	body := authRegisterBody("shorty")
+	body := registerBody("shorty")
 	body["password"] = "123456" // listed, and too short
 	r := env.do(t, "POST", "/api/auth/register", "", body).expect(t, http.StatusBadRequest)
 	if errs, _ := r.json(t)["errors"].(map[string]any); errs["password"] != "must be at least 8 characters" {
 		t.Errorf("errors %v, want the length rule", errs)
 	}
-	r = authReset(t, env, "no-such-token", "password123").expect(t, http.StatusBadRequest)
+	r = postReset(t, env, "no-such-token", "password123").expect(t, http.StatusBadRequest)
 	if msg := r.message(t); msg != "Invalid or expired reset token" {
 		t.Errorf("message %q, want the invalid token", msg)
 	}

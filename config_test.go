@@ -448,7 +448,7 @@ func FuzzParseEnvFile(f *testing.F) {
 	f.Add([]byte(strings.Repeat("x", 70000)), "K", "v # not a comment")
 	f.Fuzz(func(t *testing.T, data []byte, key, value string) {
 		_, _ = parseEnvFile(bytes.NewReader(data)) // must not panic
-		if !apiPlainEnvLine(key, value) {
+		if !plainEnvLine(key, value) {
 			return
 		}
 		got, err := parseEnvFile(strings.NewReader(key + "=" + value + "\n"))
@@ -461,9 +461,9 @@ func FuzzParseEnvFile(f *testing.F) {
 	})
 }
 
-// apiPlainEnvLine reports whether KEY=VALUE is one plain .env line: no quotes, no line break,
+// plainEnvLine reports whether KEY=VALUE is one plain .env line: no quotes, no line break,
 // no surrounding space, a key that is neither a comment nor "export ..." and holds no "=".
-func apiPlainEnvLine(key, value string) bool {
+func plainEnvLine(key, value string) bool {
 	line := key + "=" + value
 	return key != "" && strings.TrimSpace(key) == key && strings.TrimSpace(value) == value &&
 		!strings.HasPrefix(key, "#") && !strings.HasPrefix(key, "export ") && !strings.Contains(key, "=") &&

@@ -52,13 +52,13 @@ func TestResetRacesOtherPasswordWrites(t *testing.T) {
 			alice.ID, mustHash(t, testPassword)); err != nil {
 			t.Fatal(err)
 		}
-		access := env.tokenFor(t, usersReload(t, env, alice))
+		access := env.tokenFor(t, reload(t, env, alice))
 		env.clock.Advance(2 * time.Minute) // past the one-mail-a-minute cap
-		token := authResetToken(t, env, "alice@example.com")
+		token := resetTokenFor(t, env, "alice@example.com")
 		env.clock.Advance(2 * time.Minute)
 		var reset, other response
 		var wg sync.WaitGroup
-		wg.Go(func() { reset = authReset(t, env, token, "new-password-1") })
+		wg.Go(func() { reset = postReset(t, env, token, "new-password-1") })
 		wg.Go(func() {
 			time.Sleep(30 * time.Millisecond) // while the reset computes its hash
 			other = c.other(access)

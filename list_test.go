@@ -15,9 +15,9 @@ import (
 
 // Tests of GET /api/admin/users: paging, links, filters, search and sorting.
 
-// usersListLinks parses a Link header into the query of each rel, checking every target is
+// listLinks parses a Link header into the query of each rel, checking every target is
 // the list's path.
-func usersListLinks(t testing.TB, header string) map[string]url.Values {
+func listLinks(t testing.TB, header string) map[string]url.Values {
 	t.Helper()
 	links := map[string]url.Values{}
 	for _, part := range strings.Split(header, ", ") {
@@ -35,10 +35,10 @@ func usersListLinks(t testing.TB, header string) map[string]url.Values {
 	return links
 }
 
-// usersSeedList adds n users by SQL, in an order where id, username, email and created_at
+// seedUsers adds n users by SQL, in an order where id, username, email and created_at
 // all sort differently, and with a few names the search cases look for. Every username has
 // three characters and every email local part too, so that byte order and any collation agree.
-func usersSeedList(t testing.TB, env *testEnv, n int) {
+func seedUsers(t testing.TB, env *testEnv, n int) {
 	t.Helper()
 	base := env.clock.Now().Add(-24 * time.Hour)
 	special := map[int][2]string{ // first and last names
@@ -79,7 +79,7 @@ func TestUsersAdminList(t *testing.T) {
 	t.Parallel()
 	env := newTestEnv(t)
 	root := env.addUser(t, "root", roleAdmin)
-	usersSeedList(t, env, 30)
+	seedUsers(t, env, 30)
 	const total = 31
 	token := env.tokenFor(t, root)
 
@@ -92,7 +92,7 @@ func TestUsersAdminList(t *testing.T) {
 		}
 		users := make([]user, len(raws))
 		for i, raw := range raws {
-			users[i] = usersDecodeObject(t, raw)
+			users[i] = decodeUser(t, raw)
 		}
 		return r, users
 	}
@@ -119,7 +119,7 @@ func TestUsersAdminList(t *testing.T) {
 	if !slices.IsSortedFunc(all, func(a, b user) int { return int(a.ID - b.ID) }) {
 		t.Errorf("default order is not by id: %v", ids(all))
 	}
-	links := usersListLinks(t, r.header.Get("Link"))
+	links := listLinks(t, r.header.Get("Link"))
 	if links["first"].Get("page") != "1" || links["last"].Get("page") != "1" || links["prev"] != nil || links["next"] != nil {
 		t.Errorf("Link on the only page: %q", r.header.Get("Link"))
 	}
@@ -138,7 +138,7 @@ func TestUsersAdminList(t *testing.T) {
 			if want := min(perPage, total-(page-1)*perPage); len(users) != want {
 				t.Errorf("page %d has %d users, want %d", page, len(users), want)
 			}
-			links := usersListLinks(t, r.header.Get("Link"))
+			links := listLinks(t, r.header.Get("Link"))
 			want := map[string]string{"first": "1", "last": strconv.Itoa(last)}
 			if page > 1 {
 				want["prev"] = strconv.Itoa(page - 1)
@@ -167,7 +167,7 @@ func TestUsersAdminList(t *testing.T) {
 		if len(users) != 10 {
 			t.Errorf("%d users, want 10", len(users))
 		}
-		for rel, q := range usersListLinks(t, r.header.Get("Link")) {
+		for rel, q := range listLinks(t, r.header.Get("Link")) {
 			if q.Get("role") != "user" || q.Get("sort") != "-email" || q.Get("per_page") != "10" {
 				t.Errorf("rel %s lost the filters: %v", rel, q)
 			}
@@ -181,7 +181,7 @@ func TestUsersAdminList(t *testing.T) {
 		if len(users) != 0 || strings.TrimSpace(string(r.body)) != "[]" {
 			t.Errorf("body %s, want []", r.body)
 		}
-		if last := usersListLinks(t, r.header.Get("Link"))["last"].Get("page"); last != "5" {
+		if last := listLinks(t, r.header.Get("Link"))["last"].Get("page"); last != "5" {
 			t.Errorf("last page %s, want 5", last)
 		}
 		r, _ = list(t, "?q=nothing-matches-this")
@@ -291,7 +291,7 @@ func TestUsersAdminList(t *testing.T) {
 		t.Run("bad "+b.query, func(t *testing.T) {
 			t.Parallel()
 			r := env.do(t, "GET", "/api/admin/users"+b.query, token, nil).expect(t, http.StatusBadRequest)
-			if got := usersErrorFields(t, r); !slices.Equal(got, b.names) {
+			if got := errorFields(t, r); !slices.Equal(got, b.names) {
 				t.Errorf("errors name %v, want %v; body: %s", got, b.names, r.body)
 			}
 		})
@@ -311,7 +311,7 @@ func TestUsersAdminList(t *testing.T) {
 		t.Parallel()
 		// A seeded active user: adding one here would change the other cases' totals.
 		i := slices.IndexFunc(all, func(u user) bool { return u.Role == roleUser && u.IsActive })
-		plain := usersReload(t, env, all[i])
+		plain := reload(t, env, all[i])
 		env.do(t, "GET", "/api/admin/users", env.tokenFor(t, plain), nil).expect(t, http.StatusForbidden)
 		env.do(t, "GET", "/api/admin/users", "", nil).expect(t, http.StatusUnauthorized)
 	})

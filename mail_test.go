@@ -105,16 +105,6 @@ var (
 	messageIDFormat = regexp.MustCompile(`^<[0-9a-f]{32}@[a-z.]+>$`)
 )
 
-// mailToken returns the token stated in a message's text.
-func mailToken(t *testing.T, text string) string {
-	t.Helper()
-	match := mailedToken.FindStringSubmatch(text)
-	if match == nil {
-		t.Fatalf("no token in the message:\n%s", text)
-	}
-	return match[1]
-}
-
 // outboxRow is a row of mail_outbox.
 // TestMailKinds sends one message of each kind through the outbox to the SMTP server and
 // checks the envelope, the headers and both parts of each.
@@ -130,7 +120,7 @@ func TestMailKinds(t *testing.T) {
 		"username": "zoe", "first_name": "Zoë", "last_name": "Åberg", "email": "zoe@example.com", "password": testPassword,
 	}).expect(t, http.StatusCreated)
 	id := int64(r.json(t)["id"].(float64))
-	mailRequestReset(t, env, "zoe@example.com")
+	requestReset(t, env, "zoe@example.com")
 	r = env.do(t, "POST", "/api/auth/change-password", env.login(t, "zoe", testPassword),
 		map[string]string{"current_password": testPassword, "new_password": "another-password"}).expect(t, http.StatusOK)
 	token, _ := r.json(t)["access_token"].(string)
@@ -202,7 +192,7 @@ func TestMailTokensWork(t *testing.T) {
 	env.do(t, "POST", "/api/auth/register", "", map[string]string{
 		"username": "alice", "first_name": "Alice", "last_name": "Liddell", "email": "alice@example.com", "password": testPassword,
 	}).expect(t, http.StatusCreated)
-	mailRequestReset(t, env, "alice@example.com")
+	requestReset(t, env, "alice@example.com")
 	env.deliverMail(t)
 	got := srv.delivered()
 	if len(got) != 2 {
@@ -211,7 +201,7 @@ func TestMailTokensWork(t *testing.T) {
 	verify, reset := parseMail(t, got[0].data), parseMail(t, got[1].data)
 
 	t.Run("reset", func(t *testing.T) {
-		token := mailToken(t, reset.text)
+		token := tokenInMail(t, reset.text)
 		link := "https://app.example.org/reset/" + token + "/now"
 		curl := "curl -X POST http://usermgmt.test/api/auth/reset-password/" + token
 		if !strings.Contains(reset.text, "\r\n    "+link+"\r\n") || !strings.Contains(reset.text, curl) {
@@ -230,7 +220,7 @@ func TestMailTokensWork(t *testing.T) {
 			expect(t, http.StatusUnauthorized)
 	})
 	t.Run("verification", func(t *testing.T) {
-		token := mailToken(t, verify.text)
+		token := tokenInMail(t, verify.text)
 		link := "https://app.example.org/verify/" + token
 		curl := "curl -X POST http://usermgmt.test/api/auth/verify-email/" + token
 		if !strings.Contains(verify.text, "\r\n    "+link+"\r\n") || !strings.Contains(verify.text, curl) {
@@ -266,12 +256,12 @@ func TestPasswordResetMailOnlyForActiveAccounts(t *testing.T) {
 	before := len(srv.delivered())
 
 	for _, email := range []string{"nobody@example.com", "carol@example.com"} {
-		mailRequestReset(t, env, email)
+		requestReset(t, env, email)
 	}
 	if sent := env.deliverMail(t); len(sent) != 0 {
 		t.Errorf("mail sent for no active account: %+v", sent)
 	}
-	mailRequestReset(t, env, "alice@example.com")
+	requestReset(t, env, "alice@example.com")
 	env.deliverMail(t)
 	got := srv.delivered()[before:]
 	if len(got) != 1 || got[0].to[0] != "TO:<alice@example.com>" || parseMail(t, got[0].data).header.Get("Subject") != mailSubjects[mailPasswordReset] {

@@ -8,11 +8,15 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"maps"
+	"mime"
 	"net/http"
 	"net/http/httptest"
 	"net/mail"
 	"net/url"
 	"os"
+	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -336,4 +340,192 @@ func (e *testEnv) tokenFor(t testing.TB, u user) string {
 		t.Fatal(err)
 	}
 	return signToken(e.cfg.keys, u.ID, u.TokenVersion, sessionID, e.clock.Now(), e.cfg.accessTTL)
+}
+
+// errorFields lists, sorted, the fields a reply's "errors" names.
+func errorFields(t testing.TB, r response) []string {
+	t.Helper()
+	errs, _ := r.json(t)["errors"].(map[string]any)
+	return slices.Sorted(maps.Keys(errs))
+}
+
+// requestReset asks for a reset of email's password, a minute after any earlier request (reset
+// mail is capped at one a minute per account), and returns the reply: the standard message,
+// with a token beside it only from the dummy mail backend.
+func requestReset(t testing.TB, env *testEnv, email string) map[string]any {
+	t.Helper()
+	env.clock.Advance(61 * time.Second)
+	body := env.do(t, "POST", "/api/auth/password-reset-request", "", map[string]string{"email": email}).
+		expect(t, http.StatusOK).json(t)
+	if body["message"] != resetRequestReply || env.cfg.mail.backend != mailDummy && len(body) != 1 {
+		t.Errorf("reply %v, want only the standard message %q", body, resetRequestReply)
+	}
+	return body
+}
+
+// checkReply fails the test unless r is a JSON reply that is not a 5xx and carries the
+// headers every response should; an error reply must hold a non-empty "message".
+func checkReply(t testing.TB, r response) {
+	t.Helper()
+	if r.status >= 500 {
+		t.Fatalf("status %d, want no 5xx; body: %s", r.status, r.body)
+	}
+	if mediaType, _, _ := mime.ParseMediaType(r.header.Get("Content-Type")); mediaType != "application/json" {
+		t.Errorf("Content-Type %q, want application/json; body: %s", r.header.Get("Content-Type"), r.body)
+	}
+	for name, want := range map[string]string{
+		"X-Content-Type-Options": "nosniff",
+		"Cache-Control":          "no-store",
+		"Referrer-Policy":        "no-referrer",
+	} {
+		if got := r.header.Get(name); got != want {
+			t.Errorf("%s = %q, want %q", name, got, want)
+		}
+	}
+	if r.header.Get("X-Request-Id") == "" {
+		t.Error("no X-Request-Id header")
+	}
+	if r.status >= 400 && r.message(t) == "" {
+		t.Errorf("status %d without a message: %s", r.status, r.body)
+	}
+}
+
+// expectError checks that r is a JSON error with the given status whose "errors" names each
+// of fields.
+func expectError(t testing.TB, r response, status int, fields ...string) {
+	t.Helper()
+	checkReply(t, r)
+	r.expect(t, status)
+	errs, _ := r.json(t)["errors"].(map[string]any)
+	for _, f := range fields {
+		if reason, _ := errs[f].(string); reason == "" {
+			t.Errorf("errors does not name %q: %s", f, r.body)
+		}
+	}
+}
+
+// sendRaw sends body as is with the given Content-Type ("" sends none).
+func sendRaw(t testing.TB, env *testEnv, method, path, token, contentType string, body []byte) response {
+	t.Helper()
+	req, err := http.NewRequest(method, env.server.URL+path, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	r := send(t, req)
+	if r.status >= 500 { // show why: the server's latest internal error
+		logs := env.logs.String()
+		if i := strings.LastIndex(logs, "internal error"); i >= 0 {
+			line, _, _ := strings.Cut(logs[i:], "\n")
+			t.Log("server log:", line)
+		}
+	}
+	return r
+}
+
+// registerBody is a valid registration for username.
+func registerBody(username string) map[string]any {
+	return map[string]any{
+		"username":   username,
+		"first_name": "Ada",
+		"last_name":  "Lovelace",
+		"email":      username + "@example.com",
+		"password":   "correct-horse",
+	}
+}
+
+// emailOfLength returns a valid address exactly n characters long (n >= 12): "user@",
+// then domain labels of at most 63 characters, then ".com".
+func emailOfLength(n int) string {
+	room := n - len("user@") - len(".com") // for the labels and the dots between them
+	k := (room + 64) / 64                  // labels needed: k labels and k-1 dots hold 64k-1
+	letters := room - (k - 1)
+	labels := make([]string, k)
+	for i := range labels {
+		size := letters / k
+		if i < letters%k {
+			size++
+		}
+		labels[i] = strings.Repeat("a", size)
+	}
+	return "user@" + strings.Join(labels, ".") + ".com"
+}
+
+// tokenInMail returns the token stated in a message's text.
+func tokenInMail(t *testing.T, text string) string {
+	t.Helper()
+	match := mailedToken.FindStringSubmatch(text)
+	if match == nil {
+		t.Fatalf("no token in the message:\n%s", text)
+	}
+	return match[1]
+}
+
+// userObjectKeys are exactly the keys of the user object of every reply.
+var userObjectKeys = []string{"created_at", "email", "email_verified", "first_name", "id", "is_active", "last_name", "role", "updated_at", "username"}
+
+// decodeUser fails unless raw is a user object with exactly userObjectKeys and RFC 3339
+// UTC timestamps, and returns it.
+func decodeUser(t testing.TB, raw []byte) user {
+	t.Helper()
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &fields); err != nil {
+		t.Fatalf("not a JSON object: %v: %s", err, raw)
+	}
+	keys := make([]string, 0, len(fields))
+	for k := range fields {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	if !slices.Equal(keys, userObjectKeys) {
+		t.Fatalf("user object keys %v, want %v: %s", keys, userObjectKeys, raw)
+	}
+	if bytes.Contains(raw, []byte("$2a$")) || bytes.Contains(raw, []byte("$2b$")) {
+		t.Fatalf("user object holds a bcrypt hash: %s", raw)
+	}
+	for _, k := range []string{"created_at", "updated_at"} {
+		var s string
+		if err := json.Unmarshal(fields[k], &s); err != nil {
+			t.Fatalf("%s is not a string: %s", k, fields[k])
+		}
+		if _, err := time.Parse(time.RFC3339, s); err != nil || !strings.HasSuffix(s, "Z") {
+			t.Fatalf("%s = %q, want RFC 3339 in UTC", k, s)
+		}
+	}
+	var u user
+	if err := json.Unmarshal(raw, &u); err != nil {
+		t.Fatalf("decoding user object: %v: %s", err, raw)
+	}
+	return u
+}
+
+// reload returns the stored row of u.
+func reload(t testing.TB, env *testEnv, u user) user {
+	t.Helper()
+	got, err := env.st.userByID(context.Background(), u.ID)
+	if err != nil {
+		t.Fatalf("loading user %d: %v", u.ID, err)
+	}
+	return got
+}
+
+// resetTokenFor asks for a reset in dummy mode and returns the token of the reply.
+func resetTokenFor(t *testing.T, env *testEnv, email string) string {
+	t.Helper()
+	token, _ := requestReset(t, env, email)["token"].(string)
+	if token == "" {
+		t.Fatalf("no reset token in the reply for %s", email)
+	}
+	return token
+}
+
+// postReset uses a reset token and returns the reply.
+func postReset(t *testing.T, env *testEnv, token, password string) response {
+	t.Helper()
+	return env.do(t, "POST", "/api/auth/reset-password/"+token, "", map[string]string{"new_password": password})
 }

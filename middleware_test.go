@@ -69,8 +69,8 @@ func TestUnknownRoutes(t *testing.T) {
 			for _, tok := range []string{"", token} {
 				t.Run(fmt.Sprintf("%s %s token=%t", method, path, tok != ""), func(t *testing.T) {
 					t.Parallel()
-					r := apiSend(t, env, method, path, tok, "application/json", []byte(`{}`))
-					apiExpectError(t, r, http.StatusNotFound)
+					r := sendRaw(t, env, method, path, tok, "application/json", []byte(`{}`))
+					expectError(t, r, http.StatusNotFound)
 					if got := r.message(t); got != "Not found" {
 						t.Errorf("message %q, want %q", got, "Not found")
 					}
@@ -116,7 +116,7 @@ func TestUncleanPaths(t *testing.T) {
 					}
 					return
 				}
-				apiExpectError(t, r, http.StatusNotFound)
+				expectError(t, r, http.StatusNotFound)
 				if got := r.message(t); got != "Not found" {
 					t.Errorf("message %q, want %q", got, "Not found")
 				}
@@ -151,7 +151,7 @@ func TestAsteriskRequests(t *testing.T) {
 			defer resp.Body.Close()
 			body, _ := io.ReadAll(resp.Body)
 			r := response{status: resp.StatusCode, header: resp.Header, body: body}
-			apiExpectError(t, r, http.StatusBadRequest)
+			expectError(t, r, http.StatusBadRequest)
 			if got := r.message(t); got != "Bad request" {
 				t.Errorf("message %q, want %q", got, "Bad request")
 			}
@@ -183,8 +183,8 @@ func TestWrongMethods(t *testing.T) {
 		for _, tok := range []string{"", token} {
 			t.Run(fmt.Sprintf("%s %s token=%t", c.method, c.path, tok != ""), func(t *testing.T) {
 				t.Parallel()
-				r := apiSend(t, env, c.method, c.path, tok, "application/json", []byte(`{}`))
-				apiExpectError(t, r, http.StatusMethodNotAllowed)
+				r := sendRaw(t, env, c.method, c.path, tok, "application/json", []byte(`{}`))
+				expectError(t, r, http.StatusMethodNotAllowed)
 				allow := strings.Split(strings.ReplaceAll(r.header.Get("Allow"), " ", ""), ",")
 				for _, m := range c.allow {
 					if !slices.Contains(allow, m) {
@@ -232,8 +232,8 @@ func TestResponseHeaders(t *testing.T) {
 		if c.body != nil {
 			contentType = "application/json"
 		}
-		r := apiSend(t, env, c.method, c.path, c.token, contentType, c.body)
-		apiCheckReply(t, r)
+		r := sendRaw(t, env, c.method, c.path, c.token, contentType, c.body)
+		checkReply(t, r)
 		r.expect(t, c.status)
 		id := r.header.Get("X-Request-Id")
 		if seen[id] {

@@ -70,15 +70,6 @@ func startOutbox(t *testing.T, cfg mailConfig, st *store, logs io.Writer) (stop 
 	return stop
 }
 
-// mailRequestReset asks for a password reset through the API and checks the standard reply.
-func mailRequestReset(t *testing.T, env *testEnv, email string) {
-	t.Helper()
-	r := env.do(t, "POST", "/api/auth/password-reset-request", "", map[string]string{"email": email}).expect(t, http.StatusOK)
-	if got := r.json(t); got["message"] != resetRequestReply || len(got) != 1 {
-		t.Errorf("reply %v, want only the standard message", got)
-	}
-}
-
 // TestOutboxRetry: a message the server refuses is retried after a back-off and sent once the
 // server recovers; one refused maxAttempts times is given up with its last error. Either way
 // the data (with its token) is emptied when the message is done with.
@@ -159,7 +150,7 @@ func TestOutboxWorkerLogsFailures(t *testing.T) {
 	srv := newSMTPServer(t, smtpOptions{refuse: map[string]string{"RCPT": "550 5.1.1 mailbox unavailable"}})
 	env := newTestEnv(t, srv.use)
 	env.addUser(t, "alice", roleUser)
-	mailRequestReset(t, env, "alice@example.com")
+	requestReset(t, env, "alice@example.com")
 	logs := &syncBuffer{}
 	stop := startOutbox(t, env.cfg.mail, env.st, logs)
 	srv.nextSession(t) // the verification mail
@@ -255,7 +246,7 @@ func TestOutboxSurvivesRestart(t *testing.T) {
 	srv := newSMTPServer(t, smtpOptions{})
 	env := newTestEnv(t, srv.use)
 	env.addUser(t, "alice", roleUser)
-	mailRequestReset(t, env, "alice@example.com")
+	requestReset(t, env, "alice@example.com")
 	env.server.Close()
 	env.st.close()
 	if srv.contacted() {

@@ -11,35 +11,6 @@ import (
 	"time"
 )
 
-// authRequestReset asks for a reset of email's password and returns the reply.
-func authRequestReset(t *testing.T, env *testEnv, email string) map[string]any {
-	t.Helper()
-	// Reset mail is capped at one a minute per account: let a minute pass between requests.
-	env.clock.Advance(61 * time.Second)
-	r := env.do(t, "POST", "/api/auth/password-reset-request", "", map[string]string{"email": email})
-	body := r.expect(t, http.StatusOK).json(t)
-	if body["message"] != resetRequestReply {
-		t.Errorf("message = %v, want %q", body["message"], resetRequestReply)
-	}
-	return body
-}
-
-// authResetToken asks for a reset in dummy mode and returns the token of the reply.
-func authResetToken(t *testing.T, env *testEnv, email string) string {
-	t.Helper()
-	token, _ := authRequestReset(t, env, email)["token"].(string)
-	if token == "" {
-		t.Fatalf("no reset token in the reply for %s", email)
-	}
-	return token
-}
-
-// authReset uses a reset token and returns the reply.
-func authReset(t *testing.T, env *testEnv, token, password string) response {
-	t.Helper()
-	return env.do(t, "POST", "/api/auth/reset-password/"+token, "", map[string]string{"new_password": password})
-}
-
 func TestAuthPasswordResetRequest(t *testing.T) {
 	t.Parallel()
 	t.Run("dummy", func(t *testing.T) {
@@ -47,13 +18,13 @@ func TestAuthPasswordResetRequest(t *testing.T) {
 		env := newTestEnv(t)
 		env.addUser(t, "alice", roleUser)
 		for _, email := range []string{"alice@example.com", "ALICE@example.com"} {
-			token := authResetToken(t, env, email)
+			token := resetTokenFor(t, env, email)
 			if raw, err := base64.RawURLEncoding.DecodeString(token); err != nil || len(raw) != 32 {
 				t.Errorf("token %q is not 256 bits in base64url (%v)", token, err)
 			}
 		}
 		for _, email := range []string{"nobody@example.com", "alice@example.org"} {
-			if body := authRequestReset(t, env, email); len(body) != 1 {
+			if body := requestReset(t, env, email); len(body) != 1 {
 				t.Errorf("reply for unknown %s = %v, want only the message", email, body)
 			}
 		}
@@ -63,7 +34,7 @@ func TestAuthPasswordResetRequest(t *testing.T) {
 		env := newTestEnv(t, func(c *config) { c.mail.backend = mailLog })
 		env.addUser(t, "alice", roleUser)
 		for _, email := range []string{"alice@example.com", "nobody@example.com"} {
-			if body := authRequestReset(t, env, email); len(body) != 1 {
+			if body := requestReset(t, env, email); len(body) != 1 {
 				t.Errorf("MAIL_BACKEND=log: reply for %s = %v, want only the message", email, body)
 			}
 		}
@@ -76,12 +47,12 @@ func TestAuthPasswordReset(t *testing.T) {
 	alice := env.addUser(t, "alice", roleUser)
 	before := []string{env.tokenFor(t, alice), env.login(t, "alice", testPassword)}
 
-	token := authResetToken(t, env, "alice@example.com")
-	r := authReset(t, env, token, "short").expect(t, http.StatusBadRequest)
-	if got := authErrorKeys(t, r); !slices.Equal(got, []string{"new_password"}) {
+	token := resetTokenFor(t, env, "alice@example.com")
+	r := postReset(t, env, token, "short").expect(t, http.StatusBadRequest)
+	if got := errorFields(t, r); !slices.Equal(got, []string{"new_password"}) {
 		t.Errorf("short new password: errors keys = %v, want [new_password]", got)
 	}
-	r = authReset(t, env, token, "brand-new-password").expect(t, http.StatusOK)
+	r = postReset(t, env, token, "brand-new-password").expect(t, http.StatusOK)
 	if msg := r.message(t); msg != "Password reset successful" {
 		t.Errorf("message = %q, want %q", msg, "Password reset successful")
 	}
@@ -94,7 +65,7 @@ func TestAuthPasswordReset(t *testing.T) {
 	}
 
 	// A token works once.
-	authReset(t, env, token, "another-password").expect(t, http.StatusBadRequest)
+	postReset(t, env, token, "another-password").expect(t, http.StatusBadRequest)
 	env.login(t, "alice", "brand-new-password")
 }
 
@@ -104,15 +75,15 @@ func TestAuthPasswordResetTokenRules(t *testing.T) {
 	env.addUser(t, "alice", roleUser)
 
 	t.Run("newer request invalidates older", func(t *testing.T) {
-		older := authResetToken(t, env, "alice@example.com")
-		newer := authResetToken(t, env, "alice@example.com")
-		authReset(t, env, older, "password-one").expect(t, http.StatusBadRequest)
-		authReset(t, env, newer, "password-two").expect(t, http.StatusOK)
+		older := resetTokenFor(t, env, "alice@example.com")
+		newer := resetTokenFor(t, env, "alice@example.com")
+		postReset(t, env, older, "password-one").expect(t, http.StatusBadRequest)
+		postReset(t, env, newer, "password-two").expect(t, http.StatusOK)
 		env.login(t, "alice", "password-two")
 	})
 	t.Run("malformed or unknown token", func(t *testing.T) {
 		for _, token := range []string{"x", "not-a-token", randomToken(), strings.Repeat("A", 43), strings.Repeat("A", 2000), "%20", "a%2Fb"} {
-			r := authReset(t, env, token, "password-three")
+			r := postReset(t, env, token, "password-three")
 			if r.status != http.StatusBadRequest {
 				t.Errorf("token %q: status %d, want 400; body: %s", token, r.status, r.body)
 			}
@@ -120,7 +91,7 @@ func TestAuthPasswordResetTokenRules(t *testing.T) {
 		env.login(t, "alice", "password-two")
 	})
 	t.Run("stored only as a hash", func(t *testing.T) {
-		token := authResetToken(t, env, "alice@example.com")
+		token := resetTokenFor(t, env, "alice@example.com")
 		raw, _ := base64.RawURLEncoding.DecodeString(token)
 		rows, err := env.st.pool.Query(context.Background(), "SELECT * FROM password_reset_tokens")
 		if err != nil {
@@ -152,14 +123,14 @@ func TestAuthPasswordResetTokenRules(t *testing.T) {
 		}
 	})
 	t.Run("expires", func(t *testing.T) {
-		token := authResetToken(t, env, "alice@example.com")
+		token := resetTokenFor(t, env, "alice@example.com")
 		env.clock.Advance(env.cfg.resetTTL + time.Second)
-		authReset(t, env, token, "password-four").expect(t, http.StatusBadRequest)
+		postReset(t, env, token, "password-four").expect(t, http.StatusBadRequest)
 		env.login(t, "alice", "password-two")
 
-		token = authResetToken(t, env, "alice@example.com")
+		token = resetTokenFor(t, env, "alice@example.com")
 		env.clock.Advance(env.cfg.resetTTL - time.Second)
-		authReset(t, env, token, "password-five").expect(t, http.StatusOK)
+		postReset(t, env, token, "password-five").expect(t, http.StatusOK)
 		env.login(t, "alice", "password-five")
 	})
 }
@@ -180,22 +151,22 @@ func TestAuthPasswordResetVoidedByAccountChanges(t *testing.T) {
 	requestReset := func(email string) string {
 		t.Helper()
 		env.clock.Advance(2 * time.Minute) // past the one-mail-a-minute cap
-		return authResetToken(t, env, email)
+		return resetTokenFor(t, env, email)
 	}
 
 	token := requestReset("alice@example.com")
 	patch(map[string]any{"email": "alice-new@example.com"})
-	authReset(t, env, token, "password-one").expect(t, http.StatusBadRequest)
+	postReset(t, env, token, "password-one").expect(t, http.StatusBadRequest)
 
 	token = requestReset("alice-new@example.com")
 	patch(map[string]any{"is_active": false})
 	patch(map[string]any{"is_active": true})
-	authReset(t, env, token, "password-two").expect(t, http.StatusBadRequest)
+	postReset(t, env, token, "password-two").expect(t, http.StatusBadRequest)
 	env.login(t, "alice", testPassword)
 
 	token = requestReset("alice-new@example.com")
 	patch(map[string]any{"first_name": "Alicia", "role": "Admin"})
-	authReset(t, env, token, "password-three").expect(t, http.StatusOK)
+	postReset(t, env, token, "password-three").expect(t, http.StatusOK)
 	env.login(t, "alice", "password-three")
 }
 
@@ -227,7 +198,7 @@ func TestAuthChangePassword(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			r := change(old, tt.body).expect(t, http.StatusBadRequest)
-			if got := authErrorKeys(t, r); !slices.Equal(got, tt.want) {
+			if got := errorFields(t, r); !slices.Equal(got, tt.want) {
 				t.Errorf("errors keys = %v, want %v; body: %s", got, tt.want, r.body)
 			}
 		})

@@ -48,10 +48,10 @@ func TestTakenFieldsAreAllNamed(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run("register: "+tt.name, func(t *testing.T) {
-			b := authRegisterBody(tt.username)
+			b := registerBody(tt.username)
 			b["email"] = tt.email
 			r := env.do(t, "POST", "/api/auth/register", "", b).expect(t, http.StatusConflict)
-			if got := authErrorKeys(t, r); !slices.Equal(got, tt.fields) || r.message(t) != tt.message {
+			if got := errorFields(t, r); !slices.Equal(got, tt.fields) || r.message(t) != tt.message {
 				t.Errorf("errors %v, message %q; want %v, %q", got, r.message(t), tt.fields, tt.message)
 			}
 		})
@@ -78,7 +78,7 @@ func TestTakenFieldsAreAllNamed(t *testing.T) {
 	for _, tt := range updates {
 		t.Run("update: "+tt.name, func(t *testing.T) {
 			r := env.do(t, "PATCH", fmt.Sprintf("/api/users/%d", carol.ID), carolToken, tt.patch).expect(t, http.StatusConflict)
-			if got := authErrorKeys(t, r); !slices.Equal(got, tt.fields) {
+			if got := errorFields(t, r); !slices.Equal(got, tt.fields) {
 				t.Errorf("errors %v, want %v; body: %s", got, tt.fields, r.body)
 			}
 		})

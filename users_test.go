@@ -7,66 +7,16 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 )
 
 // Tests of the user endpoints: who may read, change and delete whom, the last-admin rules,
 // token revocation, profile updates and /me. The admin list has list_test.go.
 
-// usersObjectKeys are exactly the keys of the user object of every reply.
-var usersObjectKeys = []string{"created_at", "email", "email_verified", "first_name", "id", "is_active", "last_name", "role", "updated_at", "username"}
-
-// usersDecodeObject fails unless raw is a user object with exactly usersObjectKeys and RFC 3339
-// UTC timestamps, and returns it.
-func usersDecodeObject(t testing.TB, raw []byte) user {
-	t.Helper()
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &fields); err != nil {
-		t.Fatalf("not a JSON object: %v: %s", err, raw)
-	}
-	keys := make([]string, 0, len(fields))
-	for k := range fields {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	if !slices.Equal(keys, usersObjectKeys) {
-		t.Fatalf("user object keys %v, want %v: %s", keys, usersObjectKeys, raw)
-	}
-	if bytes.Contains(raw, []byte("$2a$")) || bytes.Contains(raw, []byte("$2b$")) {
-		t.Fatalf("user object holds a bcrypt hash: %s", raw)
-	}
-	for _, k := range []string{"created_at", "updated_at"} {
-		var s string
-		if err := json.Unmarshal(fields[k], &s); err != nil {
-			t.Fatalf("%s is not a string: %s", k, fields[k])
-		}
-		if _, err := time.Parse(time.RFC3339, s); err != nil || !strings.HasSuffix(s, "Z") {
-			t.Fatalf("%s = %q, want RFC 3339 in UTC", k, s)
-		}
-	}
-	var u user
-	if err := json.Unmarshal(raw, &u); err != nil {
-		t.Fatalf("decoding user object: %v: %s", err, raw)
-	}
-	return u
-}
-
-// usersReload returns the stored row of u.
-func usersReload(t testing.TB, env *testEnv, u user) user {
-	t.Helper()
-	got, err := env.st.userByID(context.Background(), u.ID)
-	if err != nil {
-		t.Fatalf("loading user %d: %v", u.ID, err)
-	}
-	return got
-}
-
-// usersActiveAdmins counts the active admins in the database.
-func usersActiveAdmins(t testing.TB, env *testEnv) int {
+// activeAdmins counts the active admins in the database.
+func activeAdmins(t testing.TB, env *testEnv) int {
 	t.Helper()
 	var n int
 	err := env.st.pool.QueryRow(context.Background(), "SELECT count(*) FROM users WHERE role = 'Admin' AND is_active").Scan(&n)
@@ -74,18 +24,6 @@ func usersActiveAdmins(t testing.TB, env *testEnv) int {
 		t.Fatal(err)
 	}
 	return n
-}
-
-// usersErrorFields returns the sorted field names of a reply's "errors".
-func usersErrorFields(t testing.TB, r response) []string {
-	t.Helper()
-	errs, _ := r.json(t)["errors"].(map[string]any)
-	names := make([]string, 0, len(errs))
-	for name := range errs {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	return names
 }
 
 func TestUsersPermissions(t *testing.T) {
@@ -148,7 +86,7 @@ func TestUsersPermissions(t *testing.T) {
 						if r.message(t) == "" {
 							t.Errorf("error reply without a message: %s", r.body)
 						}
-						if got := usersReload(t, env, target); got != target {
+						if got := reload(t, env, target); got != target {
 							t.Errorf("refused %s changed the user:\n got %+v\nwant %+v", a.name, got, target)
 						}
 					case a.method == "DELETE":
@@ -159,13 +97,13 @@ func TestUsersPermissions(t *testing.T) {
 							t.Errorf("after DELETE, loading the user: %v, want errNotFound", err)
 						}
 					default:
-						got := usersDecodeObject(t, r.body)
+						got := decodeUser(t, r.body)
 						if got.ID != target.ID {
 							t.Errorf("reply is user %d, want %d", got.ID, target.ID)
 						}
 						if a.body != nil {
-							usersCheckApplied(t, got, a.body(target).(map[string]any))
-							if stored := usersReload(t, env, target); stored.FirstName != got.FirstName || stored.Role != got.Role || stored.IsActive != got.IsActive || stored.LastName != got.LastName {
+							checkApplied(t, got, a.body(target).(map[string]any))
+							if stored := reload(t, env, target); stored.FirstName != got.FirstName || stored.Role != got.Role || stored.IsActive != got.IsActive || stored.LastName != got.LastName {
 								t.Errorf("stored %+v differs from reply %+v", stored, got)
 							}
 						}
@@ -176,8 +114,8 @@ func TestUsersPermissions(t *testing.T) {
 	}
 }
 
-// usersCheckApplied fails unless every field of patch has its value in u.
-func usersCheckApplied(t testing.TB, u user, patch map[string]any) {
+// checkApplied fails unless every field of patch has its value in u.
+func checkApplied(t testing.TB, u user, patch map[string]any) {
 	t.Helper()
 	raw, _ := json.Marshal(u)
 	var got map[string]any
@@ -245,14 +183,14 @@ func TestUsersLastAdmin(t *testing.T) {
 				users[name] = env.addUser(t, name+"dmin", roleAdmin)
 			}
 			for i, s := range c.steps {
-				actor := usersReload(t, env, users[s.actor])
+				actor := reload(t, env, users[s.actor])
 				path := fmt.Sprintf("/api/users/%d", users[s.target].ID)
 				r := env.do(t, s.method, path, env.tokenFor(t, actor), s.body)
 				if r.status != s.want {
 					t.Fatalf("step %d: %s %s by %s: status %d, want %d; body: %s", i, s.method, s.target, s.actor, r.status, s.want, r.body)
 				}
 			}
-			if n := usersActiveAdmins(t, env); n != 1 {
+			if n := activeAdmins(t, env); n != 1 {
 				t.Errorf("%d active admins at the end, want 1", n)
 			}
 		})
@@ -324,7 +262,7 @@ func TestUsersConcurrentSelfDemotion(t *testing.T) {
 			t.Errorf("round %d (%s, %s): statuses %v, want one 200 and one 409",
 				round, changes[chosen[0]].name, changes[chosen[1]].name, statuses)
 		}
-		if n := usersActiveAdmins(t, env); n != 1 {
+		if n := activeAdmins(t, env); n != 1 {
 			t.Fatalf("round %d (%s, %s): %d active admins left, want 1",
 				round, changes[chosen[0]].name, changes[chosen[1]].name, n)
 		}
@@ -376,7 +314,7 @@ func TestUsersRevocation(t *testing.T) {
 		env.do(t, "GET", "/api/users/me", token, nil).expect(t, http.StatusUnauthorized)
 		// A new login carries the new role.
 		r := env.do(t, "GET", "/api/users/me", env.login(t, "second", testPassword), nil).expect(t, http.StatusOK)
-		if got := usersDecodeObject(t, r.body); got.Role != roleUser {
+		if got := decodeUser(t, r.body); got.Role != roleUser {
 			t.Errorf("role after demotion %q, want User", got.Role)
 		}
 	})
@@ -468,16 +406,16 @@ func TestUsersUpdate(t *testing.T) {
 			r.expect(t, c.want)
 			if c.want != http.StatusOK {
 				if c.wantErrors != nil {
-					if got := usersErrorFields(t, r); !slices.Equal(got, c.wantErrors) {
+					if got := errorFields(t, r); !slices.Equal(got, c.wantErrors) {
 						t.Errorf("errors name %v, want %v; body: %s", got, c.wantErrors, r.body)
 					}
 				}
-				if got := usersReload(t, env, alice); got != alice {
+				if got := reload(t, env, alice); got != alice {
 					t.Errorf("refused update changed the user:\n got %+v\nwant %+v", got, alice)
 				}
 				return
 			}
-			got := usersDecodeObject(t, r.body)
+			got := decodeUser(t, r.body)
 			want := alice
 			raw, _ := json.Marshal(c.changed)
 			if err := json.Unmarshal(raw, &want); err != nil {
@@ -493,7 +431,7 @@ func TestUsersUpdate(t *testing.T) {
 			if !got.UpdatedAt.After(alice.UpdatedAt) {
 				t.Errorf("updated_at %v, want after %v", got.UpdatedAt, alice.UpdatedAt)
 			}
-			stored := usersReload(t, env, alice)
+			stored := reload(t, env, alice)
 			stored.PasswordHash, stored.TokenVersion = "", 0
 			if !stored.CreatedAt.Equal(got.CreatedAt) || !stored.UpdatedAt.Equal(got.UpdatedAt) {
 				t.Errorf("stored times %v %v, reply %v %v", stored.CreatedAt, stored.UpdatedAt, got.CreatedAt, got.UpdatedAt)
@@ -512,7 +450,7 @@ func TestUsersUpdate(t *testing.T) {
 		previous := alice.UpdatedAt
 		for i, method := range []string{"PUT", "PATCH", "PUT"} {
 			r := env.do(t, method, fmt.Sprintf("/api/users/%d", alice.ID), env.tokenFor(t, alice), map[string]any{"last_name": fmt.Sprintf("L%d", i)})
-			got := usersDecodeObject(t, r.expect(t, http.StatusOK).body)
+			got := decodeUser(t, r.expect(t, http.StatusOK).body)
 			if !got.UpdatedAt.After(previous) {
 				t.Errorf("update %d: updated_at %v, want after %v", i, got.UpdatedAt, previous)
 			}
@@ -527,7 +465,7 @@ func TestUsersMe(t *testing.T) {
 	for _, u := range []user{env.addUser(t, "alice", roleUser), env.addUser(t, "root", roleAdmin)} {
 		token := env.tokenFor(t, u)
 		me := env.do(t, "GET", "/api/users/me", token, nil).expect(t, http.StatusOK)
-		got := usersDecodeObject(t, me.body)
+		got := decodeUser(t, me.body)
 		want := u
 		want.PasswordHash, want.TokenVersion = "", 0
 		if !got.CreatedAt.Equal(want.CreatedAt) || !got.UpdatedAt.Equal(want.UpdatedAt) {

@@ -38,7 +38,7 @@ func TestEmailProblem(t *testing.T) {
 		{strings.Repeat("l", 64) + "@example.com", ""},
 		{"x@" + strings.Repeat("d", 63) + ".com", ""},
 		{"", "is required"},
-		{authEmailOfLength(255), "must be at most 254 characters"},
+		{emailOfLength(255), "must be at most 254 characters"},
 		// IP literals and every other way of naming a host by number.
 		{"x@[127.0.0.1]", ip},
 		{"x@[IPv6:::1]", ip},
@@ -311,7 +311,7 @@ func TestEmailChangeDecidedOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 		env.deliverMail(t)
-		u = usersReload(t, env, u)
+		u = reload(t, env, u)
 		to := tt.to
 		updated, err := env.st.updateUser(ctx, u, u.ID, userPatch{Email: &to})
 		if err != nil {
@@ -402,7 +402,7 @@ func TestFieldRulesThroughHandlers(t *testing.T) {
 			}
 		}
 		t.Run(fmt.Sprintf("%s %q", tt.field, tt.value), func(t *testing.T) {
-			body := authRegisterBody(fmt.Sprintf("user%d", i))
+			body := registerBody(fmt.Sprintf("user%d", i))
 			body[tt.field] = tt.value
 			if tt.ok && tt.field == "email" {
 				body[tt.field] = fmt.Sprintf("user%d.%s", i, tt.value)

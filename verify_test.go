@@ -36,7 +36,7 @@ func verificationTokens(t *testing.T, env *testEnv) map[string]string {
 		if tokens[m.to] != "" {
 			t.Fatalf("two verification mails to %s", m.to)
 		}
-		tokens[m.to] = mailToken(t, m.text)
+		tokens[m.to] = tokenInMail(t, m.text)
 	}
 	return tokens
 }
@@ -170,7 +170,7 @@ func TestResendVerification(t *testing.T) {
 			t.Fatalf("%d mails, want 1", len(msgs))
 		}
 		verifyWith(t, env, firstToken).expect(t, http.StatusBadRequest)
-		verifyWith(t, env, mailToken(t, msgs[0].text)).expect(t, http.StatusOK)
+		verifyWith(t, env, tokenInMail(t, msgs[0].text)).expect(t, http.StatusOK)
 		if v := emailVerified(t, env, alice.ID); v != true {
 			t.Errorf("email_verified %v, want true", v)
 		}
@@ -226,7 +226,7 @@ func TestEmailChange(t *testing.T) {
 	if len(msgs) != 2 || len(notices) != 1 || !strings.Contains(notices[0].text, "alice.new@example.com") {
 		t.Fatalf("mails %+v, want a verification to the new address and a notice naming it to the old", msgs)
 	}
-	newToken := mailToken(t, mailsOf(msgs, mailVerifyEmail, "alice.new@example.com")[0].text)
+	newToken := tokenInMail(t, mailsOf(msgs, mailVerifyEmail, "alice.new@example.com")[0].text)
 	verifyWith(t, env, oldToken).expect(t, http.StatusBadRequest)
 	if v := emailVerified(t, env, alice.ID); v != false {
 		t.Errorf("the old address's token verified the new one: email_verified %v", v)
@@ -338,9 +338,9 @@ func TestEmailChangeCapped(t *testing.T) {
 		for _, path := range []string{"/api/auth/resend-verification", "/api/auth/password-reset-request"} {
 			env.do(t, "POST", path, "", map[string]string{"email": "victim@example.org"}).expect(t, http.StatusOK)
 		}
-		env.do(t, "POST", "/api/auth/change-password", env.tokenFor(t, usersReload(t, env, flooder10)),
+		env.do(t, "POST", "/api/auth/change-password", env.tokenFor(t, reload(t, env, flooder10)),
 			map[string]string{"current_password": testPassword, "new_password": "another-password"}).expect(t, http.StatusOK)
-		change(t, env.tokenFor(t, usersReload(t, env, flooder10)), flooder10, "flooder10@example.com").expect(t, http.StatusOK)
+		change(t, env.tokenFor(t, reload(t, env, flooder10)), flooder10, "flooder10@example.com").expect(t, http.StatusOK)
 		for _, m := range env.deliverMail(t) {
 			if m.to == "victim@example.org" {
 				t.Errorf("mail to the victim past the cap: %q", m.subject)
@@ -447,7 +447,7 @@ func TestPasswordChangedNotice(t *testing.T) {
 		env.deliverMail(t)
 		passwords := []string{testPassword, "another-password"}
 		for i := range passwordNoticesPerHour + 3 {
-			r := env.do(t, "POST", "/api/auth/change-password", env.tokenFor(t, usersReload(t, env, alice)),
+			r := env.do(t, "POST", "/api/auth/change-password", env.tokenFor(t, reload(t, env, alice)),
 				map[string]string{"current_password": passwords[i%2], "new_password": passwords[(i+1)%2]})
 			r.expect(t, http.StatusOK)
 		}
@@ -455,7 +455,7 @@ func TestPasswordChangedNotice(t *testing.T) {
 			t.Errorf("%d notices, want %d", n, passwordNoticesPerHour)
 		}
 		env.clock.Advance(time.Hour + time.Second)
-		env.do(t, "POST", "/api/auth/change-password", env.tokenFor(t, usersReload(t, env, alice)),
+		env.do(t, "POST", "/api/auth/change-password", env.tokenFor(t, reload(t, env, alice)),
 			map[string]string{"current_password": passwords[(passwordNoticesPerHour+3)%2], "new_password": "third-password"}).
 			expect(t, http.StatusOK)
 		if n := len(mailsOf(env.deliverMail(t), mailPasswordChanged, "alice@example.com")); n != 1 {
