@@ -215,6 +215,16 @@ func decode[T any](w http.ResponseWriter, r *http.Request) (T, error) {
 	return v, decodeJSONObject(body, &v)
 }
 
+// decodeValid decodes a T, as decode does, and refuses it with every failing field when its
+// field rules do not hold.
+func decodeValid[T interface{ valid() map[string]string }](w http.ResponseWriter, r *http.Request) (T, error) {
+	v, err := decode[T](w, r)
+	if err != nil {
+		return v, err
+	}
+	return v, invalidFields(v.valid())
+}
+
 // decodeJSONObject unmarshals a JSON object into the struct v points to, naming every unknown,
 // null or mistyped field.
 func decodeJSONObject(body []byte, v any) error {

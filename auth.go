@@ -98,11 +98,8 @@ func newTokenResponse(cfg config, st *store, u user, sessionID int64, refreshTok
 
 func handleLogin(cfg config, st *store, pw *hasher) apiFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		req, err := decode[loginRequest](w, r)
+		req, err := decodeValid[loginRequest](w, r)
 		if err != nil {
-			return err
-		}
-		if err := invalidFields(req.valid()); err != nil {
 			return err
 		}
 		resp, err := login(r.Context(), cfg, st, pw, req)

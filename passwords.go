@@ -173,15 +173,16 @@ type emailRequest struct {
 	Email string `json:"email"`
 }
 
+func (r emailRequest) valid() map[string]string {
+	return check(map[string]string{}, "email", emailProblem(r.Email))
+}
+
 const resetRequestReply = "If an account with that email exists, a password reset email has been sent."
 
 func handlePasswordResetRequest(cfg config, st *store) apiFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		req, err := decode[emailRequest](w, r)
+		req, err := decodeValid[emailRequest](w, r)
 		if err != nil {
-			return err
-		}
-		if err := invalidFields(check(map[string]string{}, "email", emailProblem(req.Email))); err != nil {
 			return err
 		}
 		token, err := st.createResetToken(r.Context(), req.Email)

@@ -90,11 +90,8 @@ func handleUpdateUser(st *store) apiFunc {
 		if err != nil {
 			return err
 		}
-		patch, err := decode[userPatch](w, r)
+		patch, err := decodeValid[userPatch](w, r)
 		if err != nil {
-			return err
-		}
-		if err := invalidFields(patch.valid()); err != nil {
 			return err
 		}
 		u, err := st.updateUser(r.Context(), currentUser(r.Context()), id, patch.withCanonicalRole())

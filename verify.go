@@ -106,11 +106,8 @@ const resendVerificationReply = "If an unverified account with that email exists
 
 func handleResendVerification(st *store) apiFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		req, err := decode[emailRequest](w, r)
+		req, err := decodeValid[emailRequest](w, r)
 		if err != nil {
-			return err
-		}
-		if err := invalidFields(check(map[string]string{}, "email", emailProblem(req.Email))); err != nil {
 			return err
 		}
 		// The same reply whether or not the account exists, is verified, or was capped.
