@@ -37,9 +37,10 @@ const (
 // this file holds the pool, the schema apply, the user row and its scanning, the lookups and
 // writes several features share, and the janitor.
 type store struct {
-	pool   *pgxpool.Pool
-	now    func() time.Time
-	sealer sealer // for tokens in the mail outbox
+	pool    *pgxpool.Pool
+	now     func() time.Time
+	sealer  sealer   // for tokens in the mail outbox
+	metrics *metrics // what /metrics reports of this process's requests
 }
 
 // user is a row of the users table. The hash and token version never leave the server.
@@ -87,7 +88,7 @@ func openStore(ctx context.Context, databaseURL string, keys keySet, now func() 
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
-	s := &store{pool: pool, now: now, sealer: newSealer(keys)}
+	s := &store{pool: pool, now: now, sealer: newSealer(keys), metrics: newMetrics()}
 	deadline := time.Now().Add(wait)
 	for {
 		err = s.applySchema(ctx)
