@@ -90,7 +90,15 @@ func (p *tcpProxy) restart(t *testing.T) {
 // proxiedEnv starts a service whose database connections go through a tcpProxy.
 func proxiedEnv(t *testing.T) (*testEnv, *tcpProxy) {
 	t.Helper()
-	databaseURL := newTestDatabase(t)
+	proxiedURL, proxy := proxiedDatabase(t, newTestDatabase(t))
+	env := newTestEnv(t, func(c *config) { c.databaseURL = proxiedURL })
+	return env, proxy
+}
+
+// proxiedDatabase starts a tcpProxy to the database of databaseURL and returns the URL that
+// reaches that database through it, over TCP.
+func proxiedDatabase(t *testing.T, databaseURL string) (string, *tcpProxy) {
+	t.Helper()
 	direct, err := pgconn.ParseConfig(databaseURL)
 	if err != nil {
 		t.Fatal(err)
@@ -113,8 +121,7 @@ func proxiedEnv(t *testing.T) (*testEnv, *tcpProxy) {
 	if proxied.User == nil {
 		proxied.User = url.User(direct.User) // the socket's default user, named for TCP
 	}
-	env := newTestEnv(t, func(c *config) { c.databaseURL = proxied.String() })
-	return env, proxy
+	return proxied.String(), proxy
 }
 
 func TestDatabaseOutageGives503AndRecovers(t *testing.T) {

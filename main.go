@@ -97,6 +97,11 @@ func serve(ctx context.Context, cfg config, st *store, logger *slog.Logger) erro
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	if st.schemaApplied {
+		logger.Info("schema applied")
+	} else {
+		logger.Info("schema up to date")
+	}
 	pw := newHasher(cfg.bcryptCost, cfg.bcryptConcurrency)
 	if cfg.metricsAddr != "" {
 		stopMetrics, err := serveMetrics(cfg.metricsAddr, st, pw, logger)

@@ -7,6 +7,7 @@ import (
 	_ "embed"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -41,6 +42,10 @@ type store struct {
 	now     func() time.Time
 	sealer  sealer   // for tokens in the mail outbox
 	metrics *metrics // what /metrics reports of this process's requests
+	// schemaApplied says whether this process applied schema.sql (rather than finding the
+	// database at its digest already): logged at start, so that instances starting together
+	// show which one did.
+	schemaApplied bool
 }
 
 // user is a row of the users table. The hash and token version never leave the server.
@@ -119,7 +124,10 @@ func (s *store) close() { s.pool.Close() }
 func (s *store) applySchema(ctx context.Context) error {
 	digest := sha256.Sum256([]byte(schemaSQL))
 	version := hex.EncodeToString(digest[:])
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	applied := false
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		// Transaction-scoped, so it is safe behind a pooler in transaction mode (PgBouncer),
+		// where a session-level lock would be held by whichever client next got the connection.
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(schemaLockKey)); err != nil {
 			return fmt.Errorf("lock schema: %w", err)
 		}
@@ -142,8 +150,11 @@ func (s *store) applySchema(ctx context.Context) error {
 		}
 		_, err := tx.Exec(ctx, `INSERT INTO schema_version (id, digest, applied_at) VALUES (1, $1, now())
 			ON CONFLICT (id) DO UPDATE SET digest = $1, applied_at = now()`, version)
+		applied = err == nil
 		return err
 	})
+	s.schemaApplied = err == nil && applied
+	return err
 }
 
 // isLockConflict reports a deadlock or lock timeout: worth another try.
@@ -264,6 +275,18 @@ func (s *store) takenFields(ctx context.Context, err error, except int64, userna
 		return err // the conflict found stands on its own
 	}
 	return takenError(usernameTaken || ce.fields["username"] != "", emailTaken || ce.fields["email"] != "")
+}
+
+// jsonText returns v as JSON text for a json or jsonb parameter. Every pgx query mode sends a
+// string as it is, while a Go map or struct needs the column's type from a described
+// statement, which QueryExecModeExec (what DATABASE_URL names behind PgBouncer's transaction
+// pooling) never has.
+func jsonText(v any) (string, error) {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return "", fmt.Errorf("encode json: %w", err)
+	}
+	return string(raw), nil
 }
 
 // randomToken returns 256 random bits, base64url-encoded (43 characters).
