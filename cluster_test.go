@@ -42,6 +42,15 @@ func freePort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
+// sbin finds a server's program: on PATH, or in /usr/sbin, where Debian puts nginx and
+// pgbouncer (and which a user's PATH may lack).
+func sbin(name string) string {
+	if path, err := exec.LookPath(name); err == nil {
+		return path
+	}
+	return "/usr/sbin/" + name
+}
+
 // daemon is a server process the test started and stops.
 type daemon struct {
 	name string
@@ -131,7 +140,7 @@ query_wait_timeout = 5
 	if os.Geteuid() == 0 {
 		args = append([]string{"-u", "postgres"}, args...)
 	}
-	d := startDaemon(t, t, "pgbouncer", exec.Command("pgbouncer", args...))
+	d := startDaemon(t, t, "pgbouncer", exec.Command(sbin("pgbouncer"), args...))
 	d.waitForLog(t, "process up")
 	u := url.URL{Scheme: "postgres", User: url.User(target.User), Host: fmt.Sprintf("127.0.0.1:%d", port), Path: "/" + target.Database,
 		RawQuery: "sslmode=disable&default_query_exec_mode=exec"}
@@ -338,11 +347,17 @@ func startNginx(t *testing.T, upstreams []*instance) (base, errorLog string) {
 	rewrite(`(?m)^pid .*;`, "pid "+filepath.Join(dir, "nginx.pid")+";", 1)
 	rewrite(`(?m)^error_log \S+`, "error_log "+filepath.Join(dir, "error.log"), 1)
 	rewrite(`(?m)^\s*access_log \S+;`, "access_log "+filepath.Join(dir, "access.log")+";", 1)
+	// Temporary files in the test's directory too, which also lets a user other than root run it.
+	var temps strings.Builder
+	for _, kind := range []string{"client_body", "proxy", "fastcgi", "uwsgi", "scgi"} {
+		fmt.Fprintf(&temps, "\n    %s_temp_path %s;", kind, filepath.Join(dir, kind))
+	}
+	rewrite(`(?m)^http \{`, "http {"+temps.String(), 1)
 	path := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	d := startDaemon(t, t, "nginx", exec.Command("nginx", "-c", path, "-p", dir, "-e", filepath.Join(dir, "error.log"), "-g", "daemon off;"))
+	d := startDaemon(t, t, "nginx", exec.Command(sbin("nginx"), "-c", path, "-p", dir, "-e", filepath.Join(dir, "error.log"), "-g", "daemon off;"))
 	base = fmt.Sprintf("http://127.0.0.1:%d", port)
 	waitFor(t, "nginx to answer", func() bool {
 		select {
@@ -611,6 +626,37 @@ func TestCluster(t *testing.T) {
 	t.Run("3 kill -9 under load", func(t *testing.T) { clusterKill(t, c) })
 	t.Run("4 database outage under load", func(t *testing.T) { clusterOutage(t, c) })
 	t.Run("5 rolling restart under load", func(t *testing.T) { clusterRollingRestart(t, c) })
+	t.Run("metrics of the instance behind PgBouncer", func(t *testing.T) { clusterMetrics(t, c) })
+}
+
+var metricsListening = regexp.MustCompile(`msg="metrics listening" addr=(\S+)`)
+
+// clusterMetrics: the third instance, restarted in scenario 5, serves /metrics that parse,
+// with the database up and its requests counted.
+func clusterMetrics(t *testing.T, c *cluster) {
+	m := metricsListening.FindStringSubmatch(c.instances[2].proc.out.String())
+	if m == nil {
+		t.Fatalf("%s did not say where /metrics listens", c.instances[2].name)
+	}
+	resp, err := c.client.Get("http://" + m[1] + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	families := parseMetrics(t, resp.Body)
+	if up := metricValue(t, families, "usermgmt_database_up"); up != 1 {
+		t.Errorf("usermgmt_database_up = %v, want 1", up)
+	}
+	total := 0.0
+	for _, sample := range families["usermgmt_http_requests_total"].GetMetric() {
+		total += sample.GetCounter().GetValue()
+	}
+	if total == 0 {
+		t.Error("no requests counted")
+	}
+	t.Logf("metrics: %s counted %v requests since its restart, pool %v connections, outbox %v pending",
+		c.instances[2].name, total, metricValue(t, families, "usermgmt_db_pool_connections"),
+		metricValue(t, families, "usermgmt_mail_outbox_pending"))
 }
 
 // clusterStart: the three started together; exactly one applied the schema.
