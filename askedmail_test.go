@@ -58,7 +58,7 @@ func tracedServer(t *testing.T, env *testEnv, log *statementLog) *testEnv {
 		t.Fatal(err)
 	}
 	traced := *env
-	traced.st = &store{pool: pool, now: env.clock.Now, sealer: env.st.sealer, policy: env.st.policy}
+	traced.st = &store{pool: pool, now: env.clock.Now, sealer: env.st.sealer, policy: env.st.policy, metrics: newMetrics()}
 	traced.server = httptest.NewServer(newServer(env.cfg, traced.st, env.pw, slog.New(slog.DiscardHandler)))
 	t.Cleanup(func() {
 		traced.server.Close()

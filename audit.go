@@ -61,8 +61,11 @@ func (s *store) audit(ctx context.Context, tx pgx.Tx, action string, actorID, ta
 	if details == nil {
 		details = map[string]any{}
 	}
-	_, err := tx.Exec(ctx, `INSERT INTO audit_log (created_at, action, actor_id, target_id, ip, details)
-		VALUES ($1, $2, NULLIF($3::bigint, 0), NULLIF($4::bigint, 0), $5, $6)`, s.now(), action, actorID, targetID, originOf(ctx).ip, details)
+	raw, err := jsonText(details)
+	if err == nil {
+		_, err = tx.Exec(ctx, `INSERT INTO audit_log (created_at, action, actor_id, target_id, ip, details)
+			VALUES ($1, $2, NULLIF($3::bigint, 0), NULLIF($4::bigint, 0), $5, $6)`, s.now(), action, actorID, targetID, originOf(ctx).ip, raw)
+	}
 	if err != nil {
 		return fmt.Errorf("audit %s: %w", action, err)
 	}

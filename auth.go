@@ -78,7 +78,10 @@ func (r loginRequest) valid() map[string]string {
 	return problems
 }
 
-var errBadCredentials = fail(errUnauthorized, "Invalid credentials")
+var (
+	errBadCredentials = fail(errUnauthorized, "Invalid credentials")
+	errUnverified     = fail(errForbidden, "Email address not verified")
+)
 
 type tokenResponse struct {
 	AccessToken  string `json:"access_token"`
@@ -103,6 +106,7 @@ func handleLogin(cfg config, st *store, pw *hasher) apiFunc {
 			return err
 		}
 		resp, err := login(r.Context(), cfg, st, pw, req)
+		st.metrics.observeLogin(err)
 		if err != nil {
 			return err
 		}
@@ -167,7 +171,7 @@ func login(ctx context.Context, cfg config, st *store, pw *hasher, req loginRequ
 func openSession(ctx context.Context, cfg config, st *store, u user, key, rehashed string) (tokenResponse, error) {
 	// Told only to someone who knows the password, so it reveals nothing about who exists.
 	if cfg.requireVerifiedEmail && !u.EmailVerified {
-		return tokenResponse{}, fail(errForbidden, "Email address not verified")
+		return tokenResponse{}, errUnverified
 	}
 	sessionID, refreshToken, err := st.startSession(ctx, u, key, rehashed)
 	if err != nil {

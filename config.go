@@ -35,6 +35,8 @@ type config struct {
 	trustedProxies       []netip.Prefix
 	bcryptConcurrency    int
 	addr                 string
+	metricsAddr          string // where GET /metrics listens; empty: nowhere
+	logFormat            string // logText or logJSON
 	bcryptCost           int
 	passwordMinLength    int
 	resetTTL             time.Duration
@@ -96,6 +98,8 @@ func loadConfig(getenv func(string) string) (config, error) {
 		trustedProxies:       trusted,
 		bcryptConcurrency:    num("BCRYPT_CONCURRENCY", runtime.NumCPU(), 1, 1024),
 		addr:                 str("ADDR", ":8080"),
+		metricsAddr:          getenv("METRICS_ADDR"),
+		logFormat:            str("LOG_FORMAT", logText),
 		bcryptCost:           num("BCRYPT_COST", 12, 4, 31),
 		passwordMinLength:    num("PASSWORD_MIN_LENGTH", 8, 1, 72),
 		resetTTL:             seconds("PASSWORD_RESET_TOKEN_EXPIRES", 3600),
@@ -146,6 +150,12 @@ func loadConfig(getenv func(string) string) (config, error) {
 	}
 	if !validListenAddr(cfg.addr) {
 		problems = append(problems, "ADDR must be host:port or :port with a port from 0 to 65535, e.g. :8080 or 127.0.0.1:8080")
+	}
+	if cfg.metricsAddr != "" && !validListenAddr(cfg.metricsAddr) {
+		problems = append(problems, "METRICS_ADDR must be host:port or :port with a port from 0 to 65535, e.g. 127.0.0.1:9100 (empty: no metrics)")
+	}
+	if cfg.logFormat != logText && cfg.logFormat != logJSON {
+		problems = append(problems, "LOG_FORMAT must be text or json")
 	}
 	if getenv("PUBLIC_URL") != "" && !validWebURL(cfg.mail.publicURL, false) {
 		problems = append(problems, "PUBLIC_URL must be an absolute http:// or https:// URL with a host and no query or fragment, e.g. https://users.example.com")

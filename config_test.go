@@ -68,6 +68,8 @@ func TestLoadConfigDefaults(t *testing.T) {
 		{"MAIL_USE_TLS", cfg.mail.useTLS, false},
 		{"MAIL_USE_SSL", cfg.mail.useSSL, false},
 		{"MAIL_USERNAME", cfg.mail.username, ""},
+		{"METRICS_ADDR", cfg.metricsAddr, ""},
+		{"LOG_FORMAT", cfg.logFormat, logText},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -171,6 +173,10 @@ func TestLoadConfigErrors(t *testing.T) {
 		{"DATABASE_URL with a bad sslmode", map[string]string{"DATABASE_URL": "postgres://localhost/db?sslmode=bogus"},
 			[]string{"DATABASE_URL", "sslmode"}},
 		{"DATABASE_URL as a bad DSN", map[string]string{"DATABASE_URL": "host=localhost port=zz"}, []string{"DATABASE_URL", "port"}},
+		{"METRICS_ADDR without a port", map[string]string{"METRICS_ADDR": "127.0.0.1"}, []string{"METRICS_ADDR"}},
+		{"METRICS_ADDR with a bad port", map[string]string{"METRICS_ADDR": ":99999"}, []string{"METRICS_ADDR"}},
+		{"unknown LOG_FORMAT", map[string]string{"LOG_FORMAT": "xml"}, []string{"LOG_FORMAT"}},
+		{"LOG_FORMAT in capitals", map[string]string{"LOG_FORMAT": "JSON"}, []string{"LOG_FORMAT"}},
 	}
 	for _, addr := range []string{"nope", "127.0.0.1:99999", "127.0.0.1:65536", ":-1", ":+80", "127.0.0.1", "127.0.0.1:", ":http",
 		"[::1]", "::1:8080", "bad host:80", "-bad:80", "a..b:80", "http://localhost:8080"} {

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -90,7 +91,15 @@ func (p *tcpProxy) restart(t *testing.T) {
 // proxiedEnv starts a service whose database connections go through a tcpProxy.
 func proxiedEnv(t *testing.T) (*testEnv, *tcpProxy) {
 	t.Helper()
-	databaseURL := newTestDatabase(t)
+	proxiedURL, proxy := proxiedDatabase(t, newTestDatabase(t))
+	env := newTestEnv(t, func(c *config) { c.databaseURL = proxiedURL })
+	return env, proxy
+}
+
+// proxiedDatabase starts a tcpProxy to the database of databaseURL and returns the URL that
+// reaches that database through it, over TCP.
+func proxiedDatabase(t *testing.T, databaseURL string) (string, *tcpProxy) {
+	t.Helper()
 	direct, err := pgconn.ParseConfig(databaseURL)
 	if err != nil {
 		t.Fatal(err)
@@ -113,8 +122,7 @@ func proxiedEnv(t *testing.T) (*testEnv, *tcpProxy) {
 	if proxied.User == nil {
 		proxied.User = url.User(direct.User) // the socket's default user, named for TCP
 	}
-	env := newTestEnv(t, func(c *config) { c.databaseURL = proxied.String() })
-	return env, proxy
+	return proxied.String(), proxy
 }
 
 func TestDatabaseOutageGives503AndRecovers(t *testing.T) {
@@ -154,6 +162,34 @@ func TestDatabaseOutageGives503AndRecovers(t *testing.T) {
 	})
 	env.do(t, "GET", "/api/users/me", token, nil).expect(t, http.StatusOK)
 	env.login(t, "alice", testPassword)
+}
+
+// TestConnectionLostMidTransactionIsUnavailable: when the database goes away inside a
+// transaction, the statements after the one that met the break fail with pgx's "conn closed";
+// that is the database being unavailable (a 503), like the break itself, not an internal error.
+func TestConnectionLostMidTransactionIsUnavailable(t *testing.T) {
+	t.Parallel()
+	proxied, proxy := proxiedDatabase(t, newTestDatabase(t))
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, proxied)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy.stop()
+	for n := range 3 {
+		_, err := tx.Exec(ctx, "SELECT 1")
+		if err == nil || !isUnavailable(err) {
+			t.Errorf("statement %d after the break: %v, want an error isUnavailable knows", n+1, err)
+		}
+	}
+	if err := tx.Commit(ctx); err == nil || !isUnavailable(err) {
+		t.Errorf("commit after the break: %v, want an error isUnavailable knows", err)
+	}
 }
 
 // waitFor polls cond until it holds, failing the test after a generous deadline. It measures

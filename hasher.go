@@ -27,6 +27,9 @@ type hasher struct {
 	floorKnown atomic.Bool
 	compared   atomic.Int64                     // comparisons since start: what the lockout tests count
 	comparedAt [bcrypt.MaxCost + 1]atomic.Int64 // comparisons per cost since start: what the timing tests count
+	// For /metrics: requests waiting for a slot now, waits and their total time since start,
+	// and waits that ended in a 503.
+	waiting, waits, waitedNanos, busy atomic.Int64
 }
 
 // bcryptWait is how long a request waits for a bcrypt slot before it gets a 503.
@@ -131,14 +134,12 @@ func (h *hasher) learnFloor(strongest func() (int, error)) error {
 // withSlot runs work in the background once a bcrypt slot is free, and admit (when set) just
 // before it, on the calling goroutine.
 func (h *hasher) withSlot(ctx context.Context, admit, work func() error) error {
-	timer := time.NewTimer(bcryptWait)
-	defer timer.Stop()
 	select {
 	case h.slots <- struct{}{}:
-	case <-timer.C:
-		return fail(errBusy, "Server busy, try again shortly")
-	case <-ctx.Done():
-		return ctx.Err()
+	default:
+		if err := h.waitForSlot(ctx); err != nil {
+			return err
+		}
 	}
 	defer func() { <-h.slots }()
 	if admit != nil {
@@ -147,6 +148,28 @@ func (h *hasher) withSlot(ctx context.Context, admit, work func() error) error {
 		}
 	}
 	return inBackground(work)
+}
+
+// waitForSlot takes a slot once one is free, for up to bcryptWait, counting the wait.
+func (h *hasher) waitForSlot(ctx context.Context) error {
+	start := time.Now()
+	h.waiting.Add(1)
+	h.waits.Add(1)
+	defer func() {
+		h.waiting.Add(-1)
+		h.waitedNanos.Add(int64(time.Since(start)))
+	}()
+	timer := time.NewTimer(bcryptWait)
+	defer timer.Stop()
+	select {
+	case h.slots <- struct{}{}:
+		return nil
+	case <-timer.C:
+		h.busy.Add(1)
+		return fail(errBusy, "Server busy, try again shortly")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // inBackground runs work on an OS thread of its own at the lowest CPU priority and waits for

@@ -56,7 +56,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	if err != nil {
 		return err
 	}
-	logger := slog.New(slog.NewTextHandler(stdout, nil))
+	logger := newLogger(stdout, cfg.logFormat)
 	// bcrypt runs on threads of its own at low priority (see inBackground); one P more per
 	// bcrypt slot keeps them from ever holding every P that request handlers need.
 	runtime.GOMAXPROCS(runtime.NumCPU() + cfg.bcryptConcurrency)
@@ -76,12 +76,40 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	return serve(ctx, cfg, st, logger)
 }
 
+// The log formats of LOG_FORMAT: the same records and fields, as logfmt-style text or as one
+// JSON object per line for log pipelines.
+const (
+	logText = "text"
+	logJSON = "json"
+)
+
+func newLogger(w io.Writer, format string) *slog.Logger {
+	if format == logJSON {
+		return slog.New(slog.NewJSONHandler(w, nil))
+	}
+	return slog.New(slog.NewTextHandler(w, nil))
+}
+
 // serve listens on cfg.addr, serves until ctx is done, then drains in-flight requests.
 func serve(ctx context.Context, cfg config, st *store, logger *slog.Logger) error {
 	// Listening first makes a taken port fail at once, with a clear error.
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
+	}
+	if st.schemaApplied {
+		logger.Info("schema applied")
+	} else {
+		logger.Info("schema up to date")
+	}
+	pw := newHasher(cfg.bcryptCost, cfg.bcryptConcurrency)
+	if cfg.metricsAddr != "" {
+		stopMetrics, err := serveMetrics(cfg.metricsAddr, st, pw, logger)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		defer stopMetrics()
 	}
 	if cfg.mail.backend == mailDummy {
 		logger.Warn("MAIL_BACKEND=dummy: password reset tokens are returned in API responses; never use this in production")
@@ -95,7 +123,7 @@ func serve(ctx context.Context, cfg config, st *store, logger *slog.Logger) erro
 		<-outboxDone // a message being sent is finished before exit
 	}()
 	srv := &http.Server{
-		Handler:           newServer(cfg, st, newHasher(cfg.bcryptCost, cfg.bcryptConcurrency), logger),
+		Handler:           newServer(cfg, st, pw, logger),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       15 * time.Second,
 		WriteTimeout:      30 * time.Second,

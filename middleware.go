@@ -36,8 +36,9 @@ func (r *statusRecorder) Write(b []byte) (int, error) {
 func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 // logRequests writes one line per request: method, route pattern (never the raw path, which
-// may hold a reset token), status, duration and a request id also returned as X-Request-Id.
-func logRequests(logger *slog.Logger, next http.Handler) http.Handler {
+// may hold a reset token), status, duration and a request id also returned as X-Request-Id;
+// and counts the request in m.
+func logRequests(logger *slog.Logger, m *metrics, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		id := newRequestID()
@@ -48,9 +49,11 @@ func logRequests(logger *slog.Logger, next http.Handler) http.Handler {
 		if route == "" {
 			route = "unmatched"
 		}
+		took := time.Since(start)
+		m.observeRequest(route, r.Method, rec.status, took)
 		logger.LogAttrs(r.Context(), slog.LevelInfo, "request",
 			slog.String("id", id), slog.String("method", r.Method), slog.String("route", route),
-			slog.Int("status", rec.status), slog.Duration("duration", time.Since(start)))
+			slog.Int("status", rec.status), slog.Duration("duration", took))
 	})
 }
 

@@ -21,8 +21,11 @@ func (s *store) enqueueMail(ctx context.Context, tx pgx.Tx, kind string, userID 
 	if d.Token != "" {
 		d.Sealed = s.sealer.seal(d.Token)
 	}
-	_, err := tx.Exec(ctx, `INSERT INTO mail_outbox (kind, user_id, recipient, data, created_at, next_attempt_at)
-		VALUES ($1, $2, $3, $4, $5, $5)`, kind, userID, to, d, s.now())
+	raw, err := jsonText(d)
+	if err == nil {
+		_, err = tx.Exec(ctx, `INSERT INTO mail_outbox (kind, user_id, recipient, data, created_at, next_attempt_at)
+			VALUES ($1, $2, $3, $4, $5, $5)`, kind, userID, to, raw, s.now())
+	}
 	if err != nil {
 		return fmt.Errorf("queue %s mail: %w", kind, err)
 	}

@@ -30,6 +30,7 @@ func limitAuth(cfg config, st *store, logger *slog.Logger) func(http.Handler) ht
 				return
 			}
 			if !allowed {
+				st.metrics.rateLimited.Add(1)
 				writeError(w, r, logger, waitError{refill, fail(errTooMany, "Too many requests, slow down")})
 				return
 			}

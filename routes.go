@@ -9,7 +9,7 @@ import (
 func newServer(cfg config, st *store, pw *hasher, logger *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	addRoutes(mux, cfg, st, pw, logger)
-	return withDeadline(withOrigin(cfg.trustedProxies, logRequests(logger, secureHeaders(jsonMuxErrors(mux)))))
+	return withDeadline(withOrigin(cfg.trustedProxies, logRequests(logger, st.metrics, secureHeaders(jsonMuxErrors(mux)))))
 }
 
 // The paths that mailed links name, followed by the token: routes, default links and the

@@ -7,6 +7,7 @@ import (
 	_ "embed"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -38,10 +39,15 @@ const (
 // this file holds the pool, the schema apply, the user row and its scanning, the lookups and
 // writes several features share, and the janitor.
 type store struct {
-	pool   *pgxpool.Pool
-	now    func() time.Time
-	sealer sealer // for tokens in the mail outbox
-	policy policy
+	pool    *pgxpool.Pool
+	now     func() time.Time
+	sealer  sealer // for tokens in the mail outbox
+	policy  policy
+	metrics *metrics // what /metrics reports of this process's requests
+	// schemaApplied says whether this process applied schema.sql (rather than finding the
+	// database at its digest already): logged at start, so that instances starting together
+	// show which one did.
+	schemaApplied bool
 }
 
 // policy is what the store enforces, set once when it opens: how long sessions, refresh tokens
@@ -141,7 +147,7 @@ func openStore(ctx context.Context, conf config, now func() time.Time, wait time
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
-	s := &store{pool: pool, now: now, sealer: newSealer(conf.keys), policy: policyOf(conf)}
+	s := &store{pool: pool, now: now, sealer: newSealer(conf.keys), policy: policyOf(conf), metrics: newMetrics()}
 	deadline := time.Now().Add(wait)
 	for {
 		err = s.applySchema(ctx)
@@ -181,7 +187,10 @@ func scanTimesInUTC(_ context.Context, conn *pgx.Conn) error {
 func (s *store) applySchema(ctx context.Context) error {
 	digest := sha256.Sum256([]byte(schemaSQL))
 	version := hex.EncodeToString(digest[:])
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	applied := false
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		// Transaction-scoped, so it is safe behind a pooler in transaction mode (PgBouncer),
+		// where a session-level lock would be held by whichever client next got the connection.
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(schemaLockKey)); err != nil {
 			return fmt.Errorf("lock schema: %w", err)
 		}
@@ -204,8 +213,11 @@ func (s *store) applySchema(ctx context.Context) error {
 		}
 		_, err := tx.Exec(ctx, `INSERT INTO schema_version (id, digest, applied_at) VALUES (1, $1, now())
 			ON CONFLICT (id) DO UPDATE SET digest = $1, applied_at = now()`, version)
+		applied = err == nil
 		return err
 	})
+	s.schemaApplied = err == nil && applied
+	return err
 }
 
 // isLockConflict reports a deadlock or lock timeout: worth another try.
@@ -326,6 +338,18 @@ func (s *store) takenFields(ctx context.Context, err error, except int64, userna
 		return err // the conflict found stands on its own
 	}
 	return takenError(usernameTaken || ce.fields["username"] != "", emailTaken || ce.fields["email"] != "")
+}
+
+// jsonText returns v as JSON text for a json or jsonb parameter. Every pgx query mode sends a
+// string as it is, while a Go map or struct needs the column's type from a described
+// statement, which QueryExecModeExec (what DATABASE_URL names behind PgBouncer's transaction
+// pooling) never has.
+func jsonText(v any) (string, error) {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return "", fmt.Errorf("encode json: %w", err)
+	}
+	return string(raw), nil
 }
 
 // randomToken returns 256 random bits, base64url-encoded (43 characters).

@@ -6,6 +6,7 @@
 #     "usermgmt", and writes a .env whose DATABASE_URL connects over the local socket with peer
 #     authentication (no password to store or to get out of step), plus a random JWT secret.
 # Safe to run again: an existing .env is kept; missing keys are added.
+# With --test-servers it only installs nginx and pgbouncer when missing (make test does this).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -113,7 +114,24 @@ warn_if_in_use() {
   log "  delete the DATABASE_URL line from $env_file and run again with another name: USERMGMT_DB_NAME=${name}_2 make run"
 }
 
+# install_test_servers installs what the cluster test runs besides PostgreSQL: nginx and
+# PgBouncer (the test starts its own on loopback ports; the packages' services are not used).
+install_test_servers() {
+  local missing=()
+  for tool in nginx pgbouncer; do
+    command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || missing+=("$tool")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing ${missing[*]} with apt-get, for the cluster test"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
 main() {
+  if [ "${1:-}" = --test-servers ]; then
+    install_test_servers
+    return
+  fi
   touch "$env_file"
   chmod 600 "$env_file"
   if [ -n "${DATABASE_URL:-}" ] || { [ -n "$(env_value DATABASE_URL)" ] && ! grep -q "^$managed_marker" "$env_file"; }; then
