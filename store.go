@@ -7,6 +7,7 @@ import (
 	_ "embed"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -54,8 +55,13 @@ type user struct {
 	EmailVerified bool      `json:"email_verified" db:"email_verified"`
 	CreatedAt     time.Time `json:"created_at" db:"created_at"`
 	UpdatedAt     time.Time `json:"updated_at" db:"updated_at"`
-	PasswordHash  string    `json:"-" db:"password_hash"`
-	TokenVersion  int64     `json:"-" db:"token_version"`
+	// Invited: created by an admin without a password, not yet accepted. Its hash is '', which
+	// no password matches (hasher.check meets it with the dummy hash, as for a wrong password).
+	Invited      bool            `json:"invited" db:"invited"`
+	UserMetadata json.RawMessage `json:"user_metadata" db:"user_metadata"` // a JSON object the user writes
+	AppMetadata  json.RawMessage `json:"app_metadata" db:"app_metadata"`   // a JSON object only admins write
+	PasswordHash string          `json:"-" db:"password_hash"`
+	TokenVersion int64           `json:"-" db:"token_version"`
 }
 
 const (
@@ -64,11 +70,12 @@ const (
 )
 
 const userColumns = `id, username, first_name, last_name, email, role, is_active, email_verified,
-	created_at, updated_at, password_hash, token_version`
+	created_at, updated_at, password_hash = '' AS invited, user_metadata, app_metadata, password_hash, token_version`
 
 // qualifiedUserColumns are userColumns of a users table aliased u, for joins.
 const qualifiedUserColumns = `u.id, u.username, u.first_name, u.last_name, u.email, u.role, u.is_active,
-	u.email_verified, u.created_at, u.updated_at, u.password_hash, u.token_version`
+	u.email_verified, u.created_at, u.updated_at, u.password_hash = '' AS invited, u.user_metadata, u.app_metadata,
+	u.password_hash, u.token_version`
 
 // openStore connects to PostgreSQL and applies the schema, retrying while the database is
 // still starting (for up to wait).
@@ -206,7 +213,8 @@ func scanUser(row pgx.Row, u *user, extra ...any) error {
 	// Scanning into fields by hand, rather than by reflection, keeps the per-request
 	// authentication query cheap.
 	err := row.Scan(append([]any{&u.ID, &u.Username, &u.FirstName, &u.LastName, &u.Email, &u.Role, &u.IsActive,
-		&u.EmailVerified, &u.CreatedAt, &u.UpdatedAt, &u.PasswordHash, &u.TokenVersion}, extra...)...)
+		&u.EmailVerified, &u.CreatedAt, &u.UpdatedAt, &u.Invited, &u.UserMetadata, &u.AppMetadata, &u.PasswordHash,
+		&u.TokenVersion}, extra...)...)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return errNotFound
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -18,7 +19,8 @@ import (
 // token revocation, profile updates and /me. The admin list has list_test.go.
 
 // usersObjectKeys are exactly the keys of the user object of every reply.
-var usersObjectKeys = []string{"created_at", "email", "email_verified", "first_name", "id", "is_active", "last_name", "role", "updated_at", "username"}
+var usersObjectKeys = []string{"app_metadata", "created_at", "email", "email_verified", "first_name", "id", "invited", "is_active", "last_name", "role", "updated_at",
+	"user_metadata", "username"}
 
 // usersDecodeObject fails unless raw is a user object with exactly usersObjectKeys and RFC 3339
 // UTC timestamps, and returns it.
@@ -148,7 +150,7 @@ func TestUsersPermissions(t *testing.T) {
 						if r.message(t) == "" {
 							t.Errorf("error reply without a message: %s", r.body)
 						}
-						if got := usersReload(t, env, target); got != target {
+						if got := usersReload(t, env, target); !reflect.DeepEqual(got, target) {
 							t.Errorf("refused %s changed the user:\n got %+v\nwant %+v", a.name, got, target)
 						}
 					case a.method == "DELETE":
@@ -472,7 +474,7 @@ func TestUsersUpdate(t *testing.T) {
 						t.Errorf("errors name %v, want %v; body: %s", got, c.wantErrors, r.body)
 					}
 				}
-				if got := usersReload(t, env, alice); got != alice {
+				if got := usersReload(t, env, alice); !reflect.DeepEqual(got, alice) {
 					t.Errorf("refused update changed the user:\n got %+v\nwant %+v", got, alice)
 				}
 				return
@@ -499,7 +501,7 @@ func TestUsersUpdate(t *testing.T) {
 				t.Errorf("stored times %v %v, reply %v %v", stored.CreatedAt, stored.UpdatedAt, got.CreatedAt, got.UpdatedAt)
 			}
 			stored.CreatedAt, stored.UpdatedAt = got.CreatedAt, got.UpdatedAt
-			if stored != got {
+			if !reflect.DeepEqual(stored, got) {
 				t.Errorf("stored user differs from the reply:\nstored %+v\n reply %+v", stored, got)
 			}
 		})
@@ -534,7 +536,7 @@ func TestUsersMe(t *testing.T) {
 			t.Errorf("%s: times %v %v, want %v %v", u.Username, got.CreatedAt, got.UpdatedAt, want.CreatedAt, want.UpdatedAt)
 		}
 		got.CreatedAt, got.UpdatedAt = want.CreatedAt, want.UpdatedAt
-		if got != want {
+		if !reflect.DeepEqual(got, want) {
 			t.Errorf("/me\n got %+v\nwant %+v", got, want)
 		}
 		// The same object as GET /api/users/{own id}.
