@@ -403,7 +403,7 @@ func TestAuthNoSecretsInLogs(t *testing.T) {
 				// No token in replies: take one from the store, as the mail would carry it.
 				var err error
 				env.clock.Advance(61 * time.Second) // past the one-a-minute mail cap
-				resetToken, err = env.st.createResetToken(context.Background(), "carol@example.com", env.cfg.resetTTL)
+				resetToken, err = env.st.createResetToken(context.Background(), "carol@example.com", env.cfg.resetTTL, env.cfg.inviteTTL)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -168,6 +168,7 @@ func testConfig(databaseURL string) config {
 		passwordMinLength:    8,
 		resetTTL:             time.Hour,
 		verifyTTL:            24 * time.Hour,
+		inviteTTL:            72 * time.Hour,
 		commonPasswords:      loadCommonPasswords(),
 		mail: mailConfig{
 			backend:        mailDummy,
@@ -179,6 +180,7 @@ func testConfig(databaseURL string) config {
 			publicURL:      "http://usermgmt.test",
 			resetURL:       "http://usermgmt.test/reset?token={token}",
 			verifyURL:      "http://usermgmt.test/verify?token={token}",
+			inviteURL:      "http://usermgmt.test/welcome?token={token}",
 		},
 	}
 }

@@ -16,11 +16,20 @@ import (
 // createResetToken replaces any earlier reset token of the active user with this email by a
 // new one and returns it. Only its SHA-256 is stored. errNotFound when there is no such user
 // (a deactivated one is still named by its mail_not_sent row), errMailCapped when it has had
-// its share of reset mails.
-func (s *store) createResetToken(ctx context.Context, email string, ttl time.Duration) (string, error) {
+// its share of reset mails. An invited user, who has no password to reset, is sent a new
+// invitation lasting inviteTTL instead, and the token returned is that invitation's.
+func (s *store) createResetToken(ctx context.Context, email string, ttl, inviteTTL time.Duration) (string, error) {
 	token := randomToken()
 	isActive := func(u user) bool { return u.IsActive }
 	err := s.sendAskedMail(ctx, email, auditPasswordResetRequest, isActive, func(tx pgx.Tx, u user) error {
+		if u.Invited {
+			// The reply stays the same, so a reset request does not tell invited accounts
+			// apart; the request's audit row counts it against the reset caps.
+			if err := s.sendInvitation(ctx, tx, u, token, 0, inviteTTL); err != nil {
+				return err
+			}
+			return s.audit(ctx, tx, auditPasswordResetRequest, 0, u.ID, map[string]any{"sent": mailInvite})
+		}
 		if _, err := tx.Exec(ctx, "DELETE FROM password_reset_tokens WHERE user_id = $1", u.ID); err != nil {
 			return err
 		}
@@ -195,7 +204,7 @@ func handlePasswordResetRequest(cfg config, st *store) apiFunc {
 		if err := invalidFields(check(map[string]string{}, "email", emailProblem(req.Email))); err != nil {
 			return err
 		}
-		token, err := st.createResetToken(r.Context(), req.Email, cfg.resetTTL)
+		token, err := st.createResetToken(r.Context(), req.Email, cfg.resetTTL, cfg.inviteTTL)
 		if errors.Is(err, errNotFound) || errors.Is(err, errMailCapped) {
 			// The same reply whether or not the account exists or was capped: no user enumeration.
 			writeJSON(w, http.StatusOK, message{resetRequestReply})

@@ -37,6 +37,7 @@ func addRoutes(mux routeAdder, cfg config, st *store, pw *hasher, logger *slog.L
 	mux.Handle("POST /api/auth/change-password", authed(api(handleChangePassword(cfg, st, pw))))
 	mux.Handle("POST /api/auth/verify-email/{token}", limited(api(handleVerifyEmail(st))))
 	mux.Handle("POST /api/auth/resend-verification", limited(api(handleResendVerification(cfg, st))))
+	mux.Handle("POST /api/auth/accept-invite/{token}", limited(api(handleAcceptInvite(cfg, st, pw))))
 
 	mux.Handle("GET /api/users/me", authed(api(handleMe())))
 	mux.Handle("GET /api/users/me/sessions", authed(api(handleListSessions(cfg, st))))
@@ -47,5 +48,7 @@ func addRoutes(mux routeAdder, cfg config, st *store, pw *hasher, logger *slog.L
 	mux.Handle("DELETE /api/users/{id}", admin(api(handleDeleteUser(st))))
 
 	mux.Handle("GET /api/admin/users", admin(api(handleList(parseUserFilter, st.listUsers))))
+	mux.Handle("POST /api/admin/users", admin(api(handleCreateUser(cfg, st, pw))))
+	mux.Handle("POST /api/admin/users/{id}/invite", admin(api(handleResendInvite(cfg, st))))
 	mux.Handle("GET /api/admin/audit-log", admin(api(handleList(parseAuditFilter, st.listAudit))))
 }

@@ -156,6 +156,16 @@ ALTER TABLE users ADD COLUMN IF NOT EXISTS app_metadata jsonb NOT NULL DEFAULT '
     CHECK (jsonb_typeof(app_metadata) = 'object');
 CREATE INDEX IF NOT EXISTS users_app_metadata_idx ON users USING gin (app_metadata jsonb_path_ops);
 
+-- Invitations of users an admin created without a password (their password_hash is '' until
+-- they accept: see invite.go). Stored as SHA-256 only, each for the address it was mailed to.
+CREATE TABLE IF NOT EXISTS invitation_tokens (
+    token_hash bytea       PRIMARY KEY,
+    user_id    bigint      NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    email      text        NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS invitation_tokens_user_idx ON invitation_tokens (user_id);
+
 -- The digest of the schema last applied: a start with the same schema.sql runs no DDL.
 CREATE TABLE IF NOT EXISTS schema_version (
     id         integer     PRIMARY KEY CHECK (id = 1),

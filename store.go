@@ -295,6 +295,7 @@ func (s *store) deleteExpired(ctx context.Context) error {
 		"DELETE FROM login_failures WHERE updated_at < $1 - interval '1 day' AND (locked_until IS NULL OR locked_until < $1)",
 		"DELETE FROM password_reset_tokens WHERE expires_at < $1",
 		"DELETE FROM email_verification_tokens WHERE expires_at < $1",
+		"DELETE FROM invitation_tokens WHERE expires_at < $1",
 		"DELETE FROM mail_outbox WHERE COALESCE(sent_at, failed_at) < $1 - interval '30 days'",
 		"DELETE FROM sessions WHERE COALESCE(revoked_at, expires_at) < $1 - interval '1 day'",
 		"DELETE FROM refresh_tokens WHERE expires_at < $1",

@@ -307,7 +307,7 @@ func TestEmailChangeDecidedOnce(t *testing.T) {
 		if _, err := env.st.pool.Exec(ctx, "UPDATE users SET email_verified = true WHERE id = $1", u.ID); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := env.st.createResetToken(ctx, u.Email, env.cfg.resetTTL); err != nil {
+		if _, err := env.st.createResetToken(ctx, u.Email, env.cfg.resetTTL, env.cfg.inviteTTL); err != nil {
 			t.Fatal(err)
 		}
 		env.deliverMail(t)
