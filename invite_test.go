@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -216,6 +217,33 @@ func TestInvitationAccepted(t *testing.T) {
 	}
 	env.acceptInvite(t, "not-a-token", "another-password-2").expect(t, http.StatusBadRequest)
 	env.login(t, "alice", "alice-chose-this")
+}
+
+// TestInvitationAcceptedOnce: two acceptances of one token at once, with different
+// passwords: exactly one wins, and its password is the one that works.
+func TestInvitationAcceptedOnce(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	admin := env.tokenFor(t, env.addUser(t, "root", roleAdmin))
+	env.createByAdmin(t, admin, invitee("alice")).expect(t, http.StatusCreated)
+	token := inviteToken(t, env, "alice@example.com")
+	passwords := []string{"alice-first-choice", "alice-other-choice"}
+	statuses := make([]int, len(passwords))
+	var wg sync.WaitGroup
+	for i, password := range passwords {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			statuses[i] = env.acceptInvite(t, token, password).status
+		}()
+	}
+	wg.Wait()
+	winner := slices.Index(statuses, http.StatusOK)
+	if winner < 0 || slices.Index(statuses[winner+1:], http.StatusOK) >= 0 || !slices.Contains(statuses, http.StatusBadRequest) {
+		t.Fatalf("statuses %v, want one 200 and one 400", statuses)
+	}
+	env.login(t, "alice", passwords[winner])
+	env.loginWith(t, "alice", passwords[1-winner], nil).expect(t, http.StatusUnauthorized)
 }
 
 // TestInvitationExpires: INVITE_EXPIRES after it was sent, the token is refused, and the
