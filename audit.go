@@ -37,13 +37,17 @@ const (
 	auditRoleChanged           = "role_changed"
 	auditActivationChanged     = "activation_changed"
 	auditUserDeleted           = "user_deleted"
+	auditUserCreated           = "user_created" // by an admin, the actor
+	auditInvitationSent        = "invitation_sent"
+	auditInvitationAccepted    = "invitation_accepted"
 )
 
 // auditActions are the actions the audit log filter knows.
 var auditActions = []string{auditRegister, auditAdminCreated, auditLoginSucceeded, auditLoginFailed, auditLogout,
 	auditLogoutAll, auditSessionRevoked, auditRefreshTokenReused, auditPasswordChanged, auditPasswordChangeFailed,
 	auditPasswordResetRequest, auditPasswordReset, auditMailNotSent, auditVerificationRequested, auditEmailVerified,
-	auditProfileUpdated, auditRoleChanged, auditActivationChanged, auditUserDeleted}
+	auditProfileUpdated, auditRoleChanged, auditActivationChanged, auditUserDeleted, auditUserCreated,
+	auditInvitationSent, auditInvitationAccepted}
 
 // auditEvent is one row of the audit log. A zero ActorID or TargetID means none.
 type auditEvent struct {

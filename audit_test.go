@@ -105,7 +105,8 @@ func TestAuditRowForEveryAction(t *testing.T) {
 	}
 	var rootID, aliceID, bobID, carolID, daveID int64
 	var alice, admin loggedIn
-	var resetToken string
+	var resetToken, inviteToken string
+	var erinID int64
 	none := map[string]any{}
 
 	steps := []struct {
@@ -217,6 +218,41 @@ func TestAuditRowForEveryAction(t *testing.T) {
 		{action: auditUserDeleted, act: func(t *testing.T) []auditRow {
 			env.do(t, "DELETE", fmt.Sprintf("/api/users/%d", daveID), admin.access, nil).expect(t, http.StatusOK)
 			return []auditRow{{auditUserDeleted, idp(rootID), idp(daveID), ip, map[string]any{"username": "dave"}}}
+		}},
+		{action: auditUserCreated, act: func(t *testing.T) []auditRow {
+			body := env.do(t, "POST", "/api/admin/users", admin.access, map[string]any{
+				"username": "erin", "first_name": "Erin", "last_name": "E", "email": "erin@example.com",
+			}).expect(t, http.StatusCreated).json(t)
+			erinID = int64(body["id"].(float64))
+			return []auditRow{
+				{auditUserCreated, idp(rootID), idp(erinID), ip, map[string]any{"username": "erin", "role": roleUser, "invited": true}},
+				{auditInvitationSent, idp(rootID), idp(erinID), ip, none},
+			}
+		}},
+		{action: auditInvitationSent, setup: func(t *testing.T) {
+			env.clock.Advance(time.Minute + time.Second) // past the cap of the invitation at creation
+		}, act: func(t *testing.T) []auditRow {
+			env.do(t, "POST", fmt.Sprintf("/api/admin/users/%d/invite", erinID), admin.access, nil).expect(t, http.StatusOK)
+			return []auditRow{{auditInvitationSent, idp(rootID), idp(erinID), ip, none}}
+		}},
+		{action: auditInvitationAccepted, setup: func(t *testing.T) {
+			msgs := mailsOf(env.deliverMail(t), mailInvite, "erin@example.com")
+			inviteToken = tokenInMail(t, msgs[len(msgs)-1].text)
+			keep(inviteToken)
+		}, act: func(t *testing.T) []auditRow {
+			body := env.do(t, "POST", "/api/auth/accept-invite/"+inviteToken, "", map[string]string{"new_password": passwords[0]}).
+				expect(t, http.StatusOK).json(t)
+			access, _ := body["access_token"].(string)
+			refresh, _ := body["refresh_token"].(string)
+			keep(access, refresh)
+			claims, err := verifyToken(env.cfg.keys, access, env.clock.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return []auditRow{
+				{auditInvitationAccepted, idp(erinID), idp(erinID), ip, map[string]any{"email": "erin@example.com"}},
+				{auditLoginSucceeded, idp(erinID), idp(erinID), ip, map[string]any{"session_id": claims.Session}},
+			}
 		}},
 		{action: auditRefreshTokenReused, setup: func(t *testing.T) {
 			alice = env.loginSession(t, "alice", passwords[2])

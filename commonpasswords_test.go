@@ -70,6 +70,20 @@ var passwordSetters = []passwordSetter{
 				map[string]string{"current_password": testPassword, "new_password": password})
 		}
 	}},
+	{"admin creation", "password", func(t *testing.T, env *testEnv, username string) func(string) response {
+		admin := env.tokenFor(t, env.addUser(t, "admin-"+username, roleAdmin))
+		return func(password string) response {
+			body := invitee(username)
+			body["password"] = password
+			return env.createByAdmin(t, admin, body)
+		}
+	}},
+	{"accept invite", "new_password", func(t *testing.T, env *testEnv, username string) func(string) response {
+		admin := env.tokenFor(t, env.addUser(t, "admin-"+username, roleAdmin))
+		env.createByAdmin(t, admin, invitee(username)).expect(t, http.StatusCreated)
+		token := inviteToken(t, env, username+"@example.com")
+		return func(password string) response { return env.acceptInvite(t, token, password) }
+	}},
 }
 
 const (

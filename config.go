@@ -41,6 +41,7 @@ type config struct {
 	passwordMinLength    int
 	resetTTL             time.Duration
 	verifyTTL            time.Duration
+	inviteTTL            time.Duration // INVITE_EXPIRES: how long an invitation can be accepted
 	requireVerifiedEmail bool
 	commonPasswords      commonPasswords // refused as new passwords; nil when PASSWORD_CHECK_COMMON=false
 	mail                 mailConfig
@@ -104,6 +105,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		passwordMinLength:    num("PASSWORD_MIN_LENGTH", 8, 1, 72),
 		resetTTL:             seconds("PASSWORD_RESET_TOKEN_EXPIRES", 3600),
 		verifyTTL:            seconds("EMAIL_VERIFICATION_EXPIRES", 24*3600),
+		inviteTTL:            seconds("INVITE_EXPIRES", 72*3600),
 		requireVerifiedEmail: boolean("REQUIRE_VERIFIED_EMAIL"),
 		commonPasswords:      commonPasswordsIf(getenv("PASSWORD_CHECK_COMMON") == "" || boolean("PASSWORD_CHECK_COMMON")),
 		mail: mailConfig{
@@ -122,6 +124,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 	cfg.mail.publicURL = strings.TrimRight(str("PUBLIC_URL", "http://localhost"+portSuffix(cfg.addr)), "/")
 	cfg.mail.resetURL = str("PASSWORD_RESET_URL", cfg.mail.publicURL+resetPasswordPath+"{token}")
 	cfg.mail.verifyURL = str("EMAIL_VERIFICATION_URL", cfg.mail.publicURL+verifyEmailPath+"{token}")
+	cfg.mail.inviteURL = str("INVITE_URL", cfg.mail.publicURL+acceptInvitePath+"{token}")
 	if cfg.mail.useSSL {
 		cfg.mail.port = num("MAIL_PORT", 465, 1, 65535)
 	} else {
@@ -166,7 +169,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 	if previous != "" && len(previous) < 32 {
 		problems = append(problems, "JWT_SECRET_KEY_PREVIOUS must be at least 32 bytes when set")
 	}
-	for _, name := range []string{"PASSWORD_RESET_URL", "EMAIL_VERIFICATION_URL"} {
+	for _, name := range []string{"PASSWORD_RESET_URL", "EMAIL_VERIFICATION_URL", "INVITE_URL"} {
 		if v := getenv(name); v != "" && (!strings.Contains(v, "{token}") || !validWebURL(v, true)) {
 			problems = append(problems, name+" must be an absolute http:// or https:// URL with a host, containing {token}")
 		}

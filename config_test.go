@@ -52,12 +52,14 @@ func TestLoadConfigDefaults(t *testing.T) {
 		{"TRUSTED_PROXIES", len(cfg.trustedProxies), 0},
 		{"BCRYPT_CONCURRENCY", cfg.bcryptConcurrency, runtime.NumCPU()},
 		{"EMAIL_VERIFICATION_EXPIRES", cfg.verifyTTL, 24 * time.Hour},
+		{"INVITE_EXPIRES", cfg.inviteTTL, 72 * time.Hour},
 		{"REQUIRE_VERIFIED_EMAIL", cfg.requireVerifiedEmail, false},
 		{"MAIL_MAX_ATTEMPTS", cfg.mail.maxAttempts, 8},
 		{"MAIL_TLS_INSECURE_SKIP_VERIFY", cfg.mail.insecureTLS, false},
 		{"PUBLIC_URL", cfg.mail.publicURL, "http://localhost:8080"},
 		{"PASSWORD_RESET_URL", cfg.mail.resetURL, "http://localhost:8080/api/auth/reset-password/{token}"},
 		{"EMAIL_VERIFICATION_URL", cfg.mail.verifyURL, "http://localhost:8080/api/auth/verify-email/{token}"},
+		{"INVITE_URL", cfg.mail.inviteURL, "http://localhost:8080/api/auth/accept-invite/{token}"},
 		{"ADDR", cfg.addr, ":8080"},
 		{"JWT_ACCESS_TOKEN_EXPIRES", cfg.accessTTL, 3600 * time.Second},
 		{"BCRYPT_COST", cfg.bcryptCost, 12},
@@ -100,6 +102,10 @@ func TestLoadConfigValues(t *testing.T) {
 			func(c config) bool { return c.mail.useTLS && c.mail.port == 25 }},
 		{"MAIL_BACKEND wins over MAIL_SERVER", map[string]string{"MAIL_SERVER": "m", "MAIL_BACKEND": "log"},
 			func(c config) bool { return c.mail.backend == mailLog }},
+		{"invitations", map[string]string{"INVITE_EXPIRES": "3600", "PUBLIC_URL": "https://users.example.com"},
+			func(c config) bool {
+				return c.inviteTTL == time.Hour && c.mail.inviteURL == "https://users.example.com/api/auth/accept-invite/{token}"
+			}},
 		{"dummy backend", map[string]string{"MAIL_BACKEND": "dummy"},
 			func(c config) bool { return c.mail.backend == mailDummy }},
 		{"false booleans", map[string]string{"MAIL_USE_TLS": "false", "MAIL_USE_SSL": "0"},
@@ -151,6 +157,8 @@ func TestLoadConfigErrors(t *testing.T) {
 		{"zero PASSWORD_MIN_LENGTH", map[string]string{"PASSWORD_MIN_LENGTH": "0"}, []string{"PASSWORD_MIN_LENGTH"}},
 		{"PASSWORD_MIN_LENGTH past bcrypt's 72", map[string]string{"PASSWORD_MIN_LENGTH": "73"}, []string{"PASSWORD_MIN_LENGTH"}},
 		{"negative PASSWORD_RESET_TOKEN_EXPIRES", map[string]string{"PASSWORD_RESET_TOKEN_EXPIRES": "-1"}, []string{"PASSWORD_RESET_TOKEN_EXPIRES"}},
+		{"zero INVITE_EXPIRES", map[string]string{"INVITE_EXPIRES": "0"}, []string{"INVITE_EXPIRES"}},
+		{"non-numeric INVITE_EXPIRES", map[string]string{"INVITE_EXPIRES": "3d"}, []string{"INVITE_EXPIRES"}},
 		{"MAIL_PORT out of range", map[string]string{"MAIL_PORT": "65536"}, []string{"MAIL_PORT"}},
 		{"non-numeric MAIL_PORT", map[string]string{"MAIL_PORT": "smtp"}, []string{"MAIL_PORT"}},
 		{"bad MAIL_USE_TLS", map[string]string{"MAIL_USE_TLS": "maybe"}, []string{"MAIL_USE_TLS"}},
@@ -195,7 +203,7 @@ func TestLoadConfigErrors(t *testing.T) {
 			want []string
 		}{"PUBLIC_URL=" + u, map[string]string{"PUBLIC_URL": u}, []string{"PUBLIC_URL"}})
 	}
-	for _, name := range []string{"PASSWORD_RESET_URL", "EMAIL_VERIFICATION_URL"} {
+	for _, name := range []string{"PASSWORD_RESET_URL", "EMAIL_VERIFICATION_URL", "INVITE_URL"} {
 		for _, u := range []string{"{token}", "notaurl/{token}", "ftp://app.example.com/{token}", "https:///{token}",
 			"https://user:pw@app.example.com/{token}", "https://app.example.com/reset"} {
 			tests = append(tests, struct {
@@ -232,6 +240,7 @@ func TestLoadConfigURLsAndAddresses(t *testing.T) {
 		{"PUBLIC_URL": "http://[::1]:8080"}, {"PUBLIC_URL": "http://192.0.2.1"},
 		{"PASSWORD_RESET_URL": "https://app.example.com/reset?token={token}"},
 		{"EMAIL_VERIFICATION_URL": "https://app.example.com/#/verify/{token}"},
+		{"INVITE_URL": "https://app.example.com/welcome?token={token}"},
 		{"DATABASE_URL": "postgres:///usermgmt?host=/var/run/postgresql&port=5432"},
 		{"DATABASE_URL": "host=/var/run/postgresql dbname=usermgmt"},
 		{"DATABASE_URL": "postgresql://u:p%40ss%2Fw%25rd@db.example.com:5433/usermgmt?sslmode=require"},

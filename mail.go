@@ -49,6 +49,7 @@ type mailConfig struct {
 	maxAttempts    int
 	resetURL       string // with {token}
 	verifyURL      string // with {token}
+	inviteURL      string // with {token}
 	publicURL      string
 }
 
@@ -58,6 +59,7 @@ const (
 	mailVerifyEmail     = "verify_email"
 	mailEmailChanged    = "email_changed"
 	mailPasswordChanged = "password_changed"
+	mailInvite          = "invite"
 )
 
 var mailSubjects = map[string]string{
@@ -65,6 +67,7 @@ var mailSubjects = map[string]string{
 	mailVerifyEmail:     "Confirm your email address",
 	mailEmailChanged:    "Your email address was changed",
 	mailPasswordChanged: "Your password was changed",
+	mailInvite:          "You are invited: choose your password",
 }
 
 //go:embed templates
@@ -118,6 +121,9 @@ func render(cfg mailConfig, kind, to string, d mailData) (mailMessage, error) {
 	case mailVerifyEmail:
 		d.Link = strings.ReplaceAll(cfg.verifyURL, "{token}", d.Token)
 		d.APIURL = api + verifyEmailPath + d.Token
+	case mailInvite:
+		d.Link = strings.ReplaceAll(cfg.inviteURL, "{token}", d.Token)
+		d.APIURL = api + acceptInvitePath + d.Token
 	}
 	var text, html bytes.Buffer
 	if err := textTemplates.ExecuteTemplate(&text, kind+".txt", d); err != nil {

@@ -115,7 +115,7 @@ func TestMailKinds(t *testing.T) {
 
 	// Each step queues one or two messages: register (verify_email), reset request
 	// (password_reset), change password (password_changed), change email (email_changed to
-	// the old address, verify_email to the new).
+	// the old address, verify_email to the new), an admin's user without a password (invite).
 	r := env.do(t, "POST", "/api/auth/register", "", map[string]string{
 		"username": "zoe", "first_name": "Zoë", "last_name": "Åberg", "email": "zoe@example.com", "password": testPassword,
 	}).expect(t, http.StatusCreated)
@@ -126,6 +126,13 @@ func TestMailKinds(t *testing.T) {
 	token, _ := r.json(t)["access_token"].(string)
 	env.do(t, "PATCH", fmt.Sprintf("/api/users/%d", id), token, map[string]string{"email": "zoe.new@example.com"}).
 		expect(t, http.StatusOK)
+	rootID, err := env.st.createFirstAdmin(context.Background(), newUser{"root", "Root", "Admin", "root@example.com"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.do(t, "POST", "/api/admin/users", env.tokenFor(t, user{ID: rootID, Username: "root"}), map[string]string{
+		"username": "ann", "first_name": "Änn", "last_name": "Åberg", "email": "ann@example.com",
+	}).expect(t, http.StatusCreated)
 
 	rendered := env.deliverMail(t)
 	got := srv.delivered()
@@ -138,6 +145,7 @@ func TestMailKinds(t *testing.T) {
 		{mailPasswordChanged, "zoe@example.com", []string{"Hello Zoë", "was changed"}},
 		{mailEmailChanged, "zoe@example.com", []string{"Hello Zoë", "zoe@example.com to zoe.new@example.com"}},
 		{mailVerifyEmail, "zoe.new@example.com", []string{"Hello Zoë", "zoe.new@example.com", "/api/auth/verify-email/"}},
+		{mailInvite, "ann@example.com", []string{"Hello Änn", "ann", "ann@example.com", "72 hours", "/api/auth/accept-invite/"}},
 	}
 	if len(rendered) != len(want) || len(got) != len(want) {
 		t.Fatalf("%d messages rendered and %d received, want %d", len(rendered), len(got), len(want))

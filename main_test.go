@@ -172,6 +172,7 @@ func testConfig(databaseURL string) config {
 		passwordMinLength:    8,
 		resetTTL:             time.Hour,
 		verifyTTL:            24 * time.Hour,
+		inviteTTL:            72 * time.Hour,
 		commonPasswords:      loadCommonPasswords(),
 		mail: mailConfig{
 			backend:        mailDummy,
@@ -183,6 +184,7 @@ func testConfig(databaseURL string) config {
 			publicURL:      "http://usermgmt.test",
 			resetURL:       "http://usermgmt.test/reset?token={token}",
 			verifyURL:      "http://usermgmt.test/verify?token={token}",
+			inviteURL:      "http://usermgmt.test/welcome?token={token}",
 		},
 	}
 }
@@ -467,7 +469,8 @@ func tokenInMail(t *testing.T, text string) string {
 }
 
 // userObjectKeys are exactly the keys of the user object of every reply.
-var userObjectKeys = []string{"created_at", "email", "email_verified", "first_name", "id", "is_active", "last_name", "role", "updated_at", "username"}
+var userObjectKeys = []string{"app_metadata", "created_at", "email", "email_verified", "first_name", "id", "invited",
+	"is_active", "last_name", "role", "updated_at", "user_metadata", "username"}
 
 // decodeUser fails unless raw is a user object with exactly userObjectKeys and RFC 3339
 // UTC timestamps, and returns it.

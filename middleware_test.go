@@ -174,8 +174,10 @@ func TestWrongMethods(t *testing.T) {
 		{"GET", "/api/auth/password-reset-request", []string{"POST"}},
 		{"GET", "/api/auth/reset-password/sometoken", []string{"POST"}},
 		{"DELETE", "/api/auth/change-password", []string{"POST"}},
-		{"DELETE", "/api/admin/users", []string{"GET"}},
-		{"POST", "/api/admin/users", []string{"GET"}},
+		{"DELETE", "/api/admin/users", []string{"GET", "POST"}},
+		{"PUT", "/api/admin/users", []string{"GET", "POST"}},
+		{"GET", "/api/admin/users/1/invite", []string{"POST"}},
+		{"GET", "/api/auth/accept-invite/sometoken", []string{"POST"}},
 		{"POST", "/api/users/1", []string{"GET", "PUT", "PATCH", "DELETE"}},
 		{"POST", "/healthz", []string{"GET"}},
 	}

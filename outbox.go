@@ -33,15 +33,24 @@ func (s *store) enqueueMail(ctx context.Context, tx pgx.Tx, kind string, userID 
 }
 
 // queuedMail is a message waiting in the outbox.
-// mailToken queues the mail of kind that carries token, which lasts ttl, to u, and records
-// action: what a reset and a verification do once their token is stored.
-func (s *store) mailToken(ctx context.Context, tx pgx.Tx, u user, kind, token string, ttl time.Duration, action string) error {
+// tokenMail is a mail that carries a token: its kind, how long the token lasts, and the audit
+// action that records it.
+type tokenMail struct {
+	kind   string
+	ttl    time.Duration
+	action string
+}
+
+// mailToken queues the mail m that carries token to u, and records its action on behalf of
+// actorID (0: u's own request): what a reset, a verification and an invitation do once their
+// token is stored.
+func (s *store) mailToken(ctx context.Context, tx pgx.Tx, actorID int64, u user, m tokenMail, token string) error {
 	d := newMailData(u)
-	d.Token, d.Expires = token, humanDuration(ttl)
-	if err := s.enqueueMail(ctx, tx, kind, u.ID, u.Email, d); err != nil {
+	d.Token, d.Expires = token, humanDuration(m.ttl)
+	if err := s.enqueueMail(ctx, tx, m.kind, u.ID, u.Email, d); err != nil {
 		return err
 	}
-	return s.audit(ctx, tx, action, 0, u.ID, nil)
+	return s.audit(ctx, tx, m.action, actorID, u.ID, nil)
 }
 
 type queuedMail struct {

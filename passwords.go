@@ -13,14 +13,23 @@ import (
 // handlers and their SQL.
 
 // createResetToken replaces any earlier reset token of the active user with this email by a
-// new one, queues the reset mail, and returns the token; only its SHA-256 is stored. It returns
-// "" and no error when nothing was sent (no such active user, or it had its share of reset
-// mails): see sendAskedMail.
+// new one, queues the reset mail, and returns the token; only its SHA-256 is stored. An invited
+// user, who has no password to reset, is sent a new invitation instead, and the token returned
+// is that invitation's. It returns "" and no error when nothing was sent (no such active user,
+// or it had its share of reset mails): see sendAskedMail.
 func (s *store) createResetToken(ctx context.Context, email string) (string, error) {
 	ttl := s.policy.resetTTL
 	token := randomToken()
 	isActive := func(u user) bool { return u.IsActive }
 	sent, err := s.sendAskedMail(ctx, email, auditPasswordResetRequest, isActive, func(tx pgx.Tx, u user) error {
+		if u.Invited {
+			// The reply stays the same, so a reset request does not tell invited accounts
+			// apart; the request's audit row counts it against the reset caps.
+			if err := s.sendInvitation(ctx, tx, u, token, 0); err != nil {
+				return err
+			}
+			return s.audit(ctx, tx, auditPasswordResetRequest, 0, u.ID, map[string]any{"sent": mailInvite})
+		}
 		if _, err := tx.Exec(ctx, "DELETE FROM password_reset_tokens WHERE user_id = $1", u.ID); err != nil {
 			return err
 		}
@@ -29,7 +38,7 @@ func (s *store) createResetToken(ctx context.Context, email string) (string, err
 		if err != nil {
 			return err
 		}
-		return s.mailToken(ctx, tx, u, mailPasswordReset, token, ttl, auditPasswordResetRequest)
+		return s.mailToken(ctx, tx, 0, u, tokenMail{mailPasswordReset, ttl, auditPasswordResetRequest}, token)
 	})
 	if err != nil || !sent {
 		return "", err

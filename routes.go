@@ -17,6 +17,7 @@ func newServer(cfg config, st *store, pw *hasher, logger *slog.Logger) http.Hand
 const (
 	resetPasswordPath = "/api/auth/reset-password/"
 	verifyEmailPath   = "/api/auth/verify-email/"
+	acceptInvitePath  = "/api/auth/accept-invite/"
 )
 
 // routeAdder is the part of a mux that addRoutes uses; tests pass one that records the
@@ -44,6 +45,7 @@ func addRoutes(mux routeAdder, cfg config, st *store, pw *hasher, logger *slog.L
 	mux.Handle("POST /api/auth/change-password", authed(api(handleChangePassword(cfg, st, pw))))
 	mux.Handle("POST "+verifyEmailPath+"{token}", limited(api(handleVerifyEmail(st))))
 	mux.Handle("POST /api/auth/resend-verification", limited(api(handleResendVerification(st))))
+	mux.Handle("POST "+acceptInvitePath+"{token}", limited(api(handleAcceptInvite(cfg, st, pw))))
 
 	mux.Handle("GET /api/users/me", authed(api(handleMe())))
 	mux.Handle("GET /api/users/me/sessions", authed(api(handleListSessions(st))))
@@ -54,5 +56,7 @@ func addRoutes(mux routeAdder, cfg config, st *store, pw *hasher, logger *slog.L
 	mux.Handle("DELETE /api/users/{id}", admin(api(handleDeleteUser(st))))
 
 	mux.Handle("GET /api/admin/users", admin(api(handleList(parseUserFilter, st.listUsers))))
+	mux.Handle("POST /api/admin/users", admin(api(handleCreateUser(cfg, st, pw))))
+	mux.Handle("POST /api/admin/users/{id}/invite", admin(api(handleResendInvite(cfg, st))))
 	mux.Handle("GET /api/admin/audit-log", admin(api(handleList(parseAuditFilter, st.listAudit))))
 }

@@ -147,6 +147,25 @@ CREATE INDEX IF NOT EXISTS mail_outbox_user_idx ON mail_outbox (user_id, created
 -- any mail (liz@ to l + U+0130 + z@). Its owner, or an admin, changes it to a deliverable one.
 UPDATE users SET email_verified = false WHERE email_verified AND email COLLATE "C" ~ '[^!-~]';
 
+-- Metadata: user_metadata the user may write, app_metadata only admins may (see users.go),
+-- each a JSON object. The GIN index serves the admin list's app_metadata.<key>=<value> filter
+-- (app_metadata @> '{"<key>": "<value>"}').
+ALTER TABLE users ADD COLUMN IF NOT EXISTS user_metadata jsonb NOT NULL DEFAULT '{}'
+    CHECK (jsonb_typeof(user_metadata) = 'object');
+ALTER TABLE users ADD COLUMN IF NOT EXISTS app_metadata jsonb NOT NULL DEFAULT '{}'
+    CHECK (jsonb_typeof(app_metadata) = 'object');
+CREATE INDEX IF NOT EXISTS users_app_metadata_idx ON users USING gin (app_metadata jsonb_path_ops);
+
+-- Invitations of users an admin created without a password (their password_hash is '' until
+-- they accept: see invite.go). Stored as SHA-256 only, each for the address it was mailed to.
+CREATE TABLE IF NOT EXISTS invitation_tokens (
+    token_hash bytea       PRIMARY KEY,
+    user_id    bigint      NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    email      text        NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS invitation_tokens_user_idx ON invitation_tokens (user_id);
+
 -- The digest of the schema last applied: a start with the same schema.sql runs no DDL.
 CREATE TABLE IF NOT EXISTS schema_version (
     id         integer     PRIMARY KEY CHECK (id = 1),

@@ -59,6 +59,7 @@ type policy struct {
 	reuseInterval    time.Duration
 	verifyTTL        time.Duration
 	resetTTL         time.Duration
+	inviteTTL        time.Duration
 	loginMaxFailures int
 }
 
@@ -70,6 +71,7 @@ func policyOf(cfg config) policy {
 		reuseInterval:    cfg.refreshReuseInterval,
 		verifyTTL:        cfg.verifyTTL,
 		resetTTL:         cfg.resetTTL,
+		inviteTTL:        cfg.inviteTTL,
 		loginMaxFailures: cfg.loginMaxFailures,
 	}
 }
@@ -86,8 +88,13 @@ type user struct {
 	EmailVerified bool      `json:"email_verified"`
 	CreatedAt     time.Time `json:"created_at"`
 	UpdatedAt     time.Time `json:"updated_at"`
-	PasswordHash  string    `json:"-"`
-	TokenVersion  int64     `json:"-"`
+	// Invited: created by an admin without a password, not yet accepted. Its hash is '', which
+	// no password matches (hasher.check meets it with the dummy hash, as for a wrong password).
+	Invited      bool            `json:"invited"`
+	UserMetadata json.RawMessage `json:"user_metadata"` // a JSON object the user writes
+	AppMetadata  json.RawMessage `json:"app_metadata"`  // a JSON object only admins write
+	PasswordHash string          `json:"-"`
+	TokenVersion int64           `json:"-"`
 }
 
 const (
@@ -113,6 +120,9 @@ var userFields = []struct {
 	{"email_verified", func(u *user) any { return &u.EmailVerified }},
 	{"created_at", func(u *user) any { return &u.CreatedAt }},
 	{"updated_at", func(u *user) any { return &u.UpdatedAt }},
+	{"password_hash = ''", func(u *user) any { return &u.Invited }}, // an invited user has no password yet
+	{"user_metadata", func(u *user) any { return &u.UserMetadata }},
+	{"app_metadata", func(u *user) any { return &u.AppMetadata }},
 	{"password_hash", func(u *user) any { return &u.PasswordHash }},
 	{"token_version", func(u *user) any { return &u.TokenVersion }},
 }
@@ -374,6 +384,7 @@ func (s *store) deleteExpired(ctx context.Context) error {
 		"DELETE FROM login_failures WHERE updated_at < $1 - interval '1 day' AND (locked_until IS NULL OR locked_until < $1)",
 		"DELETE FROM password_reset_tokens WHERE expires_at < $1",
 		"DELETE FROM email_verification_tokens WHERE expires_at < $1",
+		"DELETE FROM invitation_tokens WHERE expires_at < $1",
 		"DELETE FROM mail_outbox WHERE COALESCE(sent_at, failed_at) < $1 - interval '30 days'",
 		"DELETE FROM sessions WHERE COALESCE(revoked_at, expires_at) < $1 - interval '1 day'",
 		"DELETE FROM refresh_tokens WHERE expires_at < $1",

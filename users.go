@@ -2,12 +2,16 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -58,6 +62,12 @@ func (p userPatch) valid() map[string]string {
 			problems["role"] = "must be Admin or User"
 		}
 	}
+	for name, m := range map[string]*json.RawMessage{"user_metadata": p.UserMetadata, "app_metadata": p.AppMetadata} {
+		if m != nil {
+			_, problem := normalizeMetadata(*m)
+			check(problems, name, problem)
+		}
+	}
 	if p == (userPatch{}) && len(problems) == 0 {
 		problems["body"] = "must set at least one field"
 	}
@@ -65,11 +75,18 @@ func (p userPatch) valid() map[string]string {
 }
 
 // parseRole accepts a role name in any case and returns its canonical spelling.
-// withCanonicalRole is p with a valid role spelled as it is stored ("admin" becomes "Admin").
-func (p userPatch) withCanonicalRole() userPatch {
+// canonical is a valid p as it is stored: the role spelled "Admin" or "User" whatever its case,
+// metadata as compact JSON in which PostgreSQL can hold every value.
+func (p userPatch) canonical() userPatch {
 	if p.Role != nil {
 		role, _ := parseRole(*p.Role)
 		p.Role = &role
+	}
+	for _, m := range []**json.RawMessage{&p.UserMetadata, &p.AppMetadata} {
+		if *m != nil {
+			normalized, _ := normalizeMetadata(**m)
+			*m = &normalized
+		}
 	}
 	return p
 }
@@ -94,7 +111,7 @@ func handleUpdateUser(st *store) apiFunc {
 		if err != nil {
 			return err
 		}
-		u, err := st.updateUser(r.Context(), currentUser(r.Context()), id, patch.withCanonicalRole())
+		u, err := st.updateUser(r.Context(), currentUser(r.Context()), id, patch.canonical())
 		if err != nil {
 			return userNotFound(err)
 		}
@@ -158,6 +175,9 @@ func authorizeUpdate(actor, target user, p userPatch) error {
 	case actor.Role != roleAdmin && p.EmailVerified != nil:
 		// Even "unchanged": sent with a new email, it would keep the new address verified.
 		return fail(errForbidden, "Only admins can set email_verified")
+	case actor.Role != roleAdmin && p.AppMetadata != nil:
+		// Apps trust app_metadata (a plan, a tenant) as the admins' word: even "unchanged" is refused.
+		return fail(errForbidden, "Only admins can set app_metadata")
 	case actor.ID == target.ID && actor.Role != roleAdmin && changesAccess:
 		return fail(errForbidden, "You cannot change your own role or active state")
 	case actor.ID != target.ID && actor.Role != roleAdmin:
@@ -214,11 +234,30 @@ func parseUserFilter(q url.Values) (userFilter, error) {
 				return "must be one of id, username, email, created_at, optionally prefixed by -"
 			}
 		default:
-			return "unknown parameter"
+			key, ok := strings.CutPrefix(name, "app_metadata.")
+			if !ok {
+				return "unknown parameter"
+			}
+			if f.AppMetadata == nil {
+				f.AppMetadata = map[string]string{}
+			}
+			f.AppMetadata[key] = value
+			return appMetadataFilterProblem(key, value)
 		}
 		return ""
 	})
 	return f, err
+}
+
+// appMetadataFilterProblem is what is wrong with a filter app_metadata.<key>=<value>.
+func appMetadataFilterProblem(key, value string) string {
+	switch {
+	case key == "" || utf8.RuneCountInString(key) > maxMetadataKey:
+		return fmt.Sprintf("the key after app_metadata. must be 1 to %d characters", maxMetadataKey)
+	case len(value) > maxMetadataBytes:
+		return fmt.Sprintf("must be at most %d bytes", maxMetadataBytes)
+	}
+	return textProblem(key + value)
 }
 
 // userPatch is a partial update; nil fields are left alone.
@@ -230,6 +269,9 @@ type userPatch struct {
 	Role          *string `json:"role"`
 	IsActive      *bool   `json:"is_active"`
 	EmailVerified *bool   `json:"email_verified"`
+	// Metadata objects are replaced whole, by PATCH as by PUT.
+	UserMetadata *json.RawMessage `json:"user_metadata"`
+	AppMetadata  *json.RawMessage `json:"app_metadata"`
 }
 
 // updateUser applies a patch to user id on behalf of actor, enforcing authorizeUpdate inside
@@ -267,11 +309,17 @@ func (s *store) updateUser(ctx context.Context, actor user, id int64, p userPatc
 				email_verified = COALESCE($8, email_verified AND NOT $9),
 				token_version = token_version +
 					CASE WHEN COALESCE($6, role) <> role OR COALESCE($7, is_active) <> is_active THEN 1 ELSE 0 END,
+				user_metadata = COALESCE($10::jsonb, user_metadata),
+				app_metadata = COALESCE($11::jsonb, app_metadata),
 				updated_at = now()
 			WHERE id = $1 RETURNING `+userColumns,
-			id, p.Username, p.FirstName, p.LastName, p.Email, p.Role, p.IsActive, p.EmailVerified, newAddress)
+			id, p.Username, p.FirstName, p.LastName, p.Email, p.Role, p.IsActive, p.EmailVerified, newAddress,
+			p.UserMetadata, p.AppMetadata)
 		if err != nil {
 			return uniqueViolation(err)
+		}
+		if err := storedMetadataProblems(p, updated); err != nil {
+			return err
 		}
 		if err := s.mailEmailChange(ctx, tx, target, updated); err != nil {
 			return err
@@ -318,8 +366,19 @@ func (s *store) auditUpdate(ctx context.Context, tx pgx.Tx, actor, before, after
 			fields = append(fields, f.name)
 		}
 	}
+	details := map[string]any{}
+	for _, m := range []struct {
+		name          string
+		before, after json.RawMessage
+	}{{"user_metadata", before.UserMetadata, after.UserMetadata}, {"app_metadata", before.AppMetadata, after.AppMetadata}} {
+		if keys := changedKeys(m.before, m.after); len(keys) > 0 {
+			fields = append(fields, m.name)
+			details[m.name+"_keys"] = keys // which keys changed, never their values
+		}
+	}
 	if len(fields) > 0 {
-		if err := s.audit(ctx, tx, auditProfileUpdated, actor.ID, after.ID, map[string]any{"fields": fields}); err != nil {
+		details["fields"] = fields
+		if err := s.audit(ctx, tx, auditProfileUpdated, actor.ID, after.ID, details); err != nil {
 			return err
 		}
 	}
@@ -394,7 +453,9 @@ type userFilter struct {
 	Query    string
 	Role     string
 	IsActive *bool
-	Sort     string // a key of sortColumns, with an optional "-" prefix for descending
+	// AppMetadata holds top-level keys of app_metadata and the string each must equal.
+	AppMetadata map[string]string
+	Sort        string // a key of sortColumns, with an optional "-" prefix for descending
 	page
 }
 
@@ -451,6 +512,13 @@ func (f userFilter) where() (string, []any) {
 	if f.IsActive != nil {
 		args = append(args, *f.IsActive)
 		conds = append(conds, fmt.Sprintf("is_active = $%d::boolean", len(args)))
+	}
+	// Containment of {"key": "value"} is an exact match of a string at the top level, which
+	// the GIN index users_app_metadata_idx serves.
+	for _, key := range slices.Sorted(maps.Keys(f.AppMetadata)) {
+		contained, _ := json.Marshal(map[string]string{key: f.AppMetadata[key]}) // strings always marshal
+		args = append(args, string(contained))
+		conds = append(conds, fmt.Sprintf("app_metadata @> $%d::jsonb", len(args)))
 	}
 	if len(conds) == 0 {
 		return "", nil

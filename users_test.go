@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -86,7 +87,7 @@ func TestUsersPermissions(t *testing.T) {
 						if r.message(t) == "" {
 							t.Errorf("error reply without a message: %s", r.body)
 						}
-						if got := reload(t, env, target); got != target {
+						if got := reload(t, env, target); !reflect.DeepEqual(got, target) {
 							t.Errorf("refused %s changed the user:\n got %+v\nwant %+v", a.name, got, target)
 						}
 					case a.method == "DELETE":
@@ -410,7 +411,7 @@ func TestUsersUpdate(t *testing.T) {
 						t.Errorf("errors name %v, want %v; body: %s", got, c.wantErrors, r.body)
 					}
 				}
-				if got := reload(t, env, alice); got != alice {
+				if got := reload(t, env, alice); !reflect.DeepEqual(got, alice) {
 					t.Errorf("refused update changed the user:\n got %+v\nwant %+v", got, alice)
 				}
 				return
@@ -437,7 +438,7 @@ func TestUsersUpdate(t *testing.T) {
 				t.Errorf("stored times %v %v, reply %v %v", stored.CreatedAt, stored.UpdatedAt, got.CreatedAt, got.UpdatedAt)
 			}
 			stored.CreatedAt, stored.UpdatedAt = got.CreatedAt, got.UpdatedAt
-			if stored != got {
+			if !reflect.DeepEqual(stored, got) {
 				t.Errorf("stored user differs from the reply:\nstored %+v\n reply %+v", stored, got)
 			}
 		})
@@ -472,7 +473,7 @@ func TestUsersMe(t *testing.T) {
 			t.Errorf("%s: times %v %v, want %v %v", u.Username, got.CreatedAt, got.UpdatedAt, want.CreatedAt, want.UpdatedAt)
 		}
 		got.CreatedAt, got.UpdatedAt = want.CreatedAt, want.UpdatedAt
-		if got != want {
+		if !reflect.DeepEqual(got, want) {
 			t.Errorf("/me\n got %+v\nwant %+v", got, want)
 		}
 		// The same object as GET /api/users/{own id}.

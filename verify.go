@@ -25,7 +25,7 @@ func (s *store) queueVerification(ctx context.Context, tx pgx.Tx, u user) error 
 	if err != nil {
 		return fmt.Errorf("verification token: %w", err)
 	}
-	return s.mailToken(ctx, tx, u, mailVerifyEmail, token, ttl, auditVerificationRequested)
+	return s.mailToken(ctx, tx, 0, u, tokenMail{mailVerifyEmail, ttl, auditVerificationRequested}, token)
 }
 
 // resendVerification queues a new verification mail for the active, unverified user with this
