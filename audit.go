@@ -37,13 +37,22 @@ const (
 	auditRoleChanged           = "role_changed"
 	auditActivationChanged     = "activation_changed"
 	auditUserDeleted           = "user_deleted"
+	// Two-factor login.
+	auditMFAEnabled                = "mfa_enabled"
+	auditMFADisabled               = "mfa_disabled"
+	auditMFACodeFailed             = "mfa_code_failed"
+	auditMFACodeReused             = "mfa_code_reused"
+	auditMFARecoveryCodeUsed       = "mfa_recovery_code_used"
+	auditMFARecoveryCodesGenerated = "mfa_recovery_codes_regenerated"
+	auditMFAPasswordFailed         = "mfa_password_failed"
 )
 
 // auditActions are the actions the audit log filter knows.
 var auditActions = []string{auditRegister, auditAdminCreated, auditLoginSucceeded, auditLoginFailed, auditLogout,
 	auditLogoutAll, auditSessionRevoked, auditRefreshTokenReused, auditPasswordChanged, auditPasswordChangeFailed,
 	auditPasswordResetRequest, auditPasswordReset, auditMailNotSent, auditVerificationRequested, auditEmailVerified,
-	auditProfileUpdated, auditRoleChanged, auditActivationChanged, auditUserDeleted}
+	auditProfileUpdated, auditRoleChanged, auditActivationChanged, auditUserDeleted, auditMFAEnabled, auditMFADisabled,
+	auditMFACodeFailed, auditMFACodeReused, auditMFARecoveryCodeUsed, auditMFARecoveryCodesGenerated, auditMFAPasswordFailed}
 
 // auditEvent is one row of the audit log. A zero ActorID or TargetID means none.
 type auditEvent struct {

@@ -58,6 +58,9 @@ const (
 	mailVerifyEmail     = "verify_email"
 	mailEmailChanged    = "email_changed"
 	mailPasswordChanged = "password_changed"
+	mailMFAEnabled      = "mfa_enabled"
+	mailMFADisabled     = "mfa_disabled"
+	mailRecoveryUsed    = "mfa_recovery_code_used"
 )
 
 var mailSubjects = map[string]string{
@@ -65,6 +68,9 @@ var mailSubjects = map[string]string{
 	mailVerifyEmail:     "Confirm your email address",
 	mailEmailChanged:    "Your email address was changed",
 	mailPasswordChanged: "Your password was changed",
+	mailMFAEnabled:      "Two-factor login was turned on",
+	mailMFADisabled:     "Two-factor login was turned off",
+	mailRecoveryUsed:    "A recovery code was used",
 }
 
 //go:embed templates
@@ -85,7 +91,8 @@ type mailData struct {
 	Sealed   string `json:"sealed_token,omitempty"` // see seal.go
 	Expires  string `json:"expires,omitempty"`
 	How      string `json:"how,omitempty"`
-	Link     string `json:"-"` // filled in when rendered, from the configured URLs
+	Left     int    `json:"left,omitempty"` // recovery codes left
+	Link     string `json:"-"`              // filled in when rendered, from the configured URLs
 	APIURL   string `json:"-"`
 }
 

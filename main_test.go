@@ -169,6 +169,7 @@ func testConfig(databaseURL string) config {
 		resetTTL:             time.Hour,
 		verifyTTL:            24 * time.Hour,
 		commonPasswords:      loadCommonPasswords(),
+		mfaIssuer:            "usermgmt",
 		mail: mailConfig{
 			backend:        mailDummy,
 			sender:         mail.Address{Address: "usermgmt@example.com"},

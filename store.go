@@ -39,7 +39,7 @@ const (
 type store struct {
 	pool   *pgxpool.Pool
 	now    func() time.Time
-	sealer sealer // for tokens in the mail outbox
+	sealer sealer // for tokens in the mail outbox and TOTP secrets
 }
 
 // user is a row of the users table. The hash and token version never leave the server.
@@ -52,6 +52,7 @@ type user struct {
 	Role          string    `json:"role" db:"role"`
 	IsActive      bool      `json:"is_active" db:"is_active"`
 	EmailVerified bool      `json:"email_verified" db:"email_verified"`
+	MFAEnabled    bool      `json:"mfa_enabled" db:"mfa_enabled"`
 	CreatedAt     time.Time `json:"created_at" db:"created_at"`
 	UpdatedAt     time.Time `json:"updated_at" db:"updated_at"`
 	PasswordHash  string    `json:"-" db:"password_hash"`
@@ -64,11 +65,11 @@ const (
 )
 
 const userColumns = `id, username, first_name, last_name, email, role, is_active, email_verified,
-	created_at, updated_at, password_hash, token_version`
+	created_at, updated_at, password_hash, token_version, mfa_enabled`
 
 // qualifiedUserColumns are userColumns of a users table aliased u, for joins.
 const qualifiedUserColumns = `u.id, u.username, u.first_name, u.last_name, u.email, u.role, u.is_active,
-	u.email_verified, u.created_at, u.updated_at, u.password_hash, u.token_version`
+	u.email_verified, u.created_at, u.updated_at, u.password_hash, u.token_version, u.mfa_enabled`
 
 // openStore connects to PostgreSQL and applies the schema, retrying while the database is
 // still starting (for up to wait).
@@ -101,6 +102,9 @@ func openStore(ctx context.Context, databaseURL string, keys keySet, now func() 
 			continue
 		}
 		break
+	}
+	if err == nil {
+		err = s.resealTOTPSecrets(ctx)
 	}
 	if err != nil {
 		pool.Close()
@@ -206,7 +210,7 @@ func scanUser(row pgx.Row, u *user, extra ...any) error {
 	// Scanning into fields by hand, rather than by reflection, keeps the per-request
 	// authentication query cheap.
 	err := row.Scan(append([]any{&u.ID, &u.Username, &u.FirstName, &u.LastName, &u.Email, &u.Role, &u.IsActive,
-		&u.EmailVerified, &u.CreatedAt, &u.UpdatedAt, &u.PasswordHash, &u.TokenVersion}, extra...)...)
+		&u.EmailVerified, &u.CreatedAt, &u.UpdatedAt, &u.PasswordHash, &u.TokenVersion, &u.MFAEnabled}, extra...)...)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return errNotFound
 	}
@@ -290,6 +294,7 @@ func (s *store) deleteExpired(ctx context.Context) error {
 		"DELETE FROM mail_outbox WHERE COALESCE(sent_at, failed_at) < $1 - interval '30 days'",
 		"DELETE FROM sessions WHERE COALESCE(revoked_at, expires_at) < $1 - interval '1 day'",
 		"DELETE FROM refresh_tokens WHERE expires_at < $1",
+		"DELETE FROM mfa_tokens WHERE expires_at < $1",
 	} {
 		if _, err := s.pool.Exec(ctx, sql, now); err != nil {
 			return fmt.Errorf("delete expired: %w", err)
