@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -633,4 +634,41 @@ func (e *testEnv) restart(t testing.TB, keys keySet) *testEnv {
 		st.close()
 	})
 	return next
+}
+
+// TestMFAEnabledInUserLists: the admin's views of a user say whether TOTP is on.
+func TestMFAEnabledInUserLists(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	root := env.addUser(t, "root", roleAdmin)
+	alice := env.enableMFA(t, "alice", roleUser)
+	access := env.tokenFor(t, root)
+	if u := env.do(t, "GET", fmt.Sprintf("/api/users/%d", alice.ID), access, nil).expect(t, http.StatusOK).json(t); u["mfa_enabled"] != true {
+		t.Errorf("GET user: mfa_enabled %v", u["mfa_enabled"])
+	}
+	var list []map[string]any
+	if err := json.Unmarshal(env.do(t, "GET", "/api/admin/users", access, nil).expect(t, http.StatusOK).body, &list); err != nil || len(list) != 2 {
+		t.Fatalf("user list: %v, %v", list, err)
+	}
+	for _, u := range list {
+		if want := u["username"] == "alice"; u["mfa_enabled"] != want {
+			t.Errorf("list: %s has mfa_enabled %v", u["username"], u["mfa_enabled"])
+		}
+	}
+}
+
+func TestLoadConfigMFA(t *testing.T) {
+	t.Parallel()
+	cfg, err := loadConfig(envOf(configEnv(nil)))
+	if err != nil || cfg.mfaIssuer != "usermgmt" || cfg.adminRequireMFA {
+		t.Errorf("defaults: issuer %q, admin require %v (%v)", cfg.mfaIssuer, cfg.adminRequireMFA, err)
+	}
+	cfg, err = loadConfig(envOf(configEnv(map[string]string{"MFA_ISSUER": "Acme Corp", "ADMIN_REQUIRE_MFA": "true"})))
+	if err != nil || cfg.mfaIssuer != "Acme Corp" || !cfg.adminRequireMFA {
+		t.Errorf("set: issuer %q, admin require %v (%v)", cfg.mfaIssuer, cfg.adminRequireMFA, err)
+	}
+	_, err = loadConfig(envOf(configEnv(map[string]string{"MFA_ISSUER": "Acme:Corp", "ADMIN_REQUIRE_MFA": "yes please"})))
+	if err == nil || !strings.Contains(err.Error(), "MFA_ISSUER") || !strings.Contains(err.Error(), "ADMIN_REQUIRE_MFA") {
+		t.Errorf("bad values: %v", err)
+	}
 }

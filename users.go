@@ -433,7 +433,7 @@ func (s *store) listUsers(ctx context.Context, f userFilter) ([]user, int, error
 }
 
 // listColumns are the columns a user list shows: no hash or token version.
-const listColumns = "id, username, first_name, last_name, email, role, is_active, email_verified, created_at, updated_at"
+const listColumns = "id, username, first_name, last_name, email, role, is_active, email_verified, created_at, updated_at, mfa_enabled"
 
 // where builds the WHERE clause of a user list. Only the present filters appear, so PostgreSQL
 // plans each shape on its own (a trigram index scan for a search, the primary key otherwise);
