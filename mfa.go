@@ -281,13 +281,14 @@ func verifyMFA(ctx context.Context, cfg config, st *store, req mfaVerifyRequest)
 }
 
 // mfaTokenUser returns the user of a usable mfa_token (unexpired, fewer than
-// mfaTokenMaxFailures wrong codes), with the token version of its password check; else
-// errMFATokenInvalid.
+// mfaTokenMaxFailures wrong codes, its user active and their password unchanged since);
+// else errMFATokenInvalid.
 func (s *store) mfaTokenUser(ctx context.Context, token string) (user, error) {
 	var u user
-	err := scanUser(s.pool.QueryRow(ctx, "SELECT "+qualifiedUserColumns+`, t.token_version FROM mfa_tokens t
-		JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1 AND t.expires_at > $2 AND t.failures < $3`,
-		hashToken(token), s.now(), mfaTokenMaxFailures), &u, &u.TokenVersion) // the token's version, read last, wins
+	err := scanUser(s.pool.QueryRow(ctx, "SELECT "+qualifiedUserColumns+` FROM mfa_tokens t
+		JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1 AND t.expires_at > $2 AND t.failures < $3
+			AND u.is_active AND u.token_version = t.token_version`,
+		hashToken(token), s.now(), mfaTokenMaxFailures), &u)
 	if errors.Is(err, errNotFound) {
 		return user{}, errMFATokenInvalid
 	}
@@ -296,14 +297,16 @@ func (s *store) mfaTokenUser(ctx context.Context, token string) (user, error) {
 
 // completeMFALogin uses up the mfa_token and the second factor f of u and opens a session, in
 // one transaction: a wrong factor leaves the token as it was (the caller counts the failure).
-// A password change or reset since the token was issued, or a deactivation, is
-// errBadCredentials, as for a login.
+// A password change or reset since the token was looked up, or a deactivation, voids it.
 func (s *store) completeMFALogin(ctx context.Context, token string, u user, f secondFactor, refreshTTL time.Duration) (int64, string, []string, error) {
 	var sessionID int64
 	var refreshToken string
 	var amr []string
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		current, err := queryUser(ctx, tx, "SELECT "+userColumns+" FROM users WHERE id = $1 FOR UPDATE", u.ID)
+		if errors.Is(err, errNotFound) || err == nil && (current.TokenVersion != u.TokenVersion || !current.IsActive) {
+			return errMFATokenInvalid
+		}
 		if err != nil {
 			return err
 		}

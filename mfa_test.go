@@ -369,7 +369,10 @@ func TestMFATokenLimits(t *testing.T) {
 	if _, err := env.st.pool.Exec(context.Background(), "UPDATE users SET token_version = token_version + 1 WHERE id = $1", alice.ID); err != nil {
 		t.Fatal(err)
 	}
-	env.verifyMFA(t, token, "code", env.nextCode(alice.key)).expect(t, http.StatusUnauthorized)
+	r = env.verifyMFA(t, token, "code", env.nextCode(alice.key))
+	if r.expect(t, http.StatusUnauthorized).message(t) != "Invalid or expired MFA token" {
+		t.Errorf("token after a password change: %s", r.body)
+	}
 }
 
 // TestMFALockout: wrong codes count towards the (account, network) login lockout, across
@@ -671,4 +674,36 @@ func TestLoadConfigMFA(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "MFA_ISSUER") || !strings.Contains(err.Error(), "ADMIN_REQUIRE_MFA") {
 		t.Errorf("bad values: %v", err)
 	}
+}
+
+// totpFor turns TOTP on for u straight through the database, with no step used yet, and
+// returns the key.
+func (e *testEnv) totpFor(t testing.TB, u user) []byte {
+	t.Helper()
+	key := newTOTPSecret()
+	ctx := context.Background()
+	_, err := e.st.pool.Exec(ctx, `INSERT INTO mfa_totp (user_id, sealed_secret, created_at, enabled_at) VALUES ($1, $2, $3, $3)`,
+		u.ID, e.st.sealer.seal(totpEncoding.EncodeToString(key)), e.clock.Now())
+	if err == nil {
+		_, err = e.st.pool.Exec(ctx, "UPDATE users SET mfa_enabled = true WHERE id = $1", u.ID)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
+// pendingTOTP starts an enrolment of u in the session of the access token through the store,
+// and returns the code that confirms it.
+func (e *testEnv) pendingTOTP(t testing.TB, u user, access string) string {
+	t.Helper()
+	claims, err := verifyToken(e.cfg.keys, access, e.clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := newTOTPSecret()
+	if err := e.st.startEnrolment(context.Background(), u, claims.Session, key); err != nil {
+		t.Fatal(err)
+	}
+	return totpCode(key, totpStep(e.clock.Now()))
 }
