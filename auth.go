@@ -187,6 +187,9 @@ type principal struct {
 	user      user
 	sessionID int64
 	amr       []string
+	// needsMFA: ADMIN_REQUIRE_MFA holds and the session has no second factor, so its admin
+	// powers are withheld.
+	needsMFA bool
 }
 
 // currentUser returns the user requireAuth authenticated.
@@ -199,6 +202,15 @@ func currentUser(ctx context.Context) user {
 func currentSession(ctx context.Context) int64 {
 	p, _ := ctx.Value(principalKey{}).(principal)
 	return p.sessionID
+}
+
+var errAdminNeedsMFA = fail(errForbidden, "Admin routes require two-factor login")
+
+// adminNeedsMFA reports whether the request's session may not use admin powers for want of a
+// second factor (ADMIN_REQUIRE_MFA).
+func adminNeedsMFA(ctx context.Context) bool {
+	p, _ := ctx.Value(principalKey{}).(principal)
+	return p.needsMFA
 }
 
 // currentAMR returns how the session of the request's access token was authenticated; a
@@ -256,21 +268,22 @@ func authenticate(r *http.Request, cfg config, st *store) (principal, error) {
 	if !u.IsActive || !sessionLive || u.TokenVersion != claims.Version {
 		return principal{}, errRevokedToken
 	}
-	return principal{user: u, sessionID: claims.Session, amr: claims.AMR}, nil
+	return principal{user: u, sessionID: claims.Session, amr: claims.AMR,
+		needsMFA: cfg.adminRequireMFA && !hasSecondFactor(claims.AMR)}, nil
 }
 
 // requireAdmin admits only admins, and with ADMIN_REQUIRE_MFA only through a session opened
 // with a second factor, so that a stolen admin password alone does not open the admin routes;
 // it must run inside requireAuth.
-func requireAdmin(cfg config, logger *slog.Logger) func(http.Handler) http.Handler {
+func requireAdmin(logger *slog.Logger) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if currentUser(r.Context()).Role != roleAdmin {
 				writeError(w, r, logger, fail(errForbidden, "Admin privileges required"))
 				return
 			}
-			if cfg.adminRequireMFA && !hasSecondFactor(currentAMR(r.Context())) {
-				writeError(w, r, logger, fail(errForbidden, "Admin routes require two-factor login"))
+			if adminNeedsMFA(r.Context()) {
+				writeError(w, r, logger, errAdminNeedsMFA)
 				return
 			}
 			next.ServeHTTP(w, r)

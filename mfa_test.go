@@ -557,14 +557,23 @@ func TestMFAAdminRemoval(t *testing.T) {
 func TestAdminRequireMFA(t *testing.T) {
 	t.Parallel()
 	env := newTestEnv(t, func(c *config) { c.adminRequireMFA = true })
-	env.addUser(t, "root", roleAdmin)
-	env.addUser(t, "bob", roleUser)
+	root := env.addUser(t, "root", roleAdmin)
+	bob := env.addUser(t, "bob", roleUser)
 	password := env.login(t, "root", testPassword)
 	r := env.do(t, "GET", "/api/admin/users", password, nil)
 	if r.expect(t, http.StatusForbidden).message(t) != "Admin routes require two-factor login" {
 		t.Errorf("admin route without a second factor: %s", r.body)
 	}
 	env.do(t, "DELETE", "/api/users/1", password, nil).expect(t, http.StatusForbidden)
+	// Nor may it act on another account through the routes every user has; on its own, it may.
+	bobPath := fmt.Sprintf("/api/users/%d", bob.ID)
+	for _, method := range []string{"GET", "PATCH"} {
+		r := env.do(t, method, bobPath, password, map[string]string{"first_name": "Robert"})
+		if r.expect(t, http.StatusForbidden).message(t) != "Admin routes require two-factor login" {
+			t.Errorf("%s of another user without a second factor: %s", method, r.body)
+		}
+	}
+	env.do(t, "PATCH", fmt.Sprintf("/api/users/%d", root.ID), password, map[string]string{"first_name": "Rooted"}).expect(t, http.StatusOK)
 	// A user is told what they always were.
 	r = env.do(t, "GET", "/api/admin/users", env.login(t, "bob", testPassword), nil)
 	if r.expect(t, http.StatusForbidden).message(t) != "Admin privileges required" {
@@ -577,6 +586,7 @@ func TestAdminRequireMFA(t *testing.T) {
 	env.do(t, "GET", "/api/admin/users", password, nil).expect(t, http.StatusForbidden)
 	totp := pairOf(t, env.verifyMFA(t, env.mfaLogin(t, "root"), "code", env.nextCode(key)).expect(t, http.StatusOK))
 	env.do(t, "GET", "/api/admin/users", totp.access, nil).expect(t, http.StatusOK)
+	env.do(t, "PATCH", bobPath, totp.access, map[string]string{"first_name": "Robert"}).expect(t, http.StatusOK)
 	refreshed := pairOf(t, env.refresh(t, totp.refresh).expect(t, http.StatusOK))
 	env.do(t, "GET", "/api/admin/audit-log", refreshed.access, nil).expect(t, http.StatusOK)
 	recovery := pairOf(t, env.verifyMFA(t, env.mfaLogin(t, "root"), "recovery_code", body["recovery_codes"].([]any)[0].(string)).

@@ -108,8 +108,8 @@ func handleMFAConfirm(st *store) apiFunc {
 		if err != nil {
 			return err
 		}
-		if err := invalidFields(secondFactor{code: req.Code}.problems(map[string]string{})); err != nil {
-			return err
+		if !validTOTPCode(req.Code) {
+			return invalidFields(map[string]string{"code": "must be 6 digits"})
 		}
 		codes, refreshToken, err := st.confirmEnrolment(r.Context(), currentUser(r.Context()), currentSession(r.Context()), req.Code)
 		if err != nil {

@@ -21,7 +21,7 @@ type routeAdder interface {
 // addRoutes lists the whole API and what guards each route.
 func addRoutes(mux routeAdder, cfg config, st *store, pw *hasher, logger *slog.Logger) {
 	authed := requireAuth(cfg, st, logger)
-	admin := func(h http.Handler) http.Handler { return authed(requireAdmin(cfg, logger)(h)) }
+	admin := func(h http.Handler) http.Handler { return authed(requireAdmin(logger)(h)) }
 	limited := limitAuth(cfg, st, logger)
 	api := serveAPI(logger)
 
