@@ -18,7 +18,7 @@ import (
 // token revocation, profile updates and /me. The admin list has list_test.go.
 
 // usersObjectKeys are exactly the keys of the user object of every reply.
-var usersObjectKeys = []string{"created_at", "email", "email_verified", "first_name", "id", "is_active", "last_name", "role", "updated_at", "username"}
+var usersObjectKeys = []string{"created_at", "email", "email_verified", "first_name", "id", "is_active", "last_name", "mfa_enabled", "role", "updated_at", "username"}
 
 // usersDecodeObject fails unless raw is a user object with exactly usersObjectKeys and RFC 3339
 // UTC timestamps, and returns it.
