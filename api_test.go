@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -114,6 +115,54 @@ func bodyEndpoints(env *testEnv, adminToken string) []bodyEndpoint {
 		},
 		updateUser("PUT"),
 		updateUser("PATCH"),
+		{
+			name: "mfa enrol", method: "POST", ok: http.StatusOK,
+			stringFields:  []string{"password"},
+			unknownFields: []string{"code"},
+			setup: func(t *testing.T) (string, string, map[string]any) {
+				return "/api/users/me/mfa/totp", env.tokenFor(t, fresh(t)), map[string]any{"password": testPassword}
+			},
+		},
+		{
+			name: "mfa confirm", method: "POST", ok: http.StatusOK,
+			stringFields:  []string{"code"},
+			unknownFields: []string{"password"},
+			setup: func(t *testing.T) (string, string, map[string]any) {
+				u := fresh(t)
+				token := env.tokenFor(t, u)
+				return "/api/users/me/mfa/totp/confirm", token, map[string]any{"code": env.pendingTOTP(t, u, token)}
+			},
+		},
+		{
+			name: "mfa verify", method: "POST", ok: http.StatusOK,
+			stringFields:  []string{"mfa_token", "code"},
+			unknownFields: []string{"password"},
+			setup: func(t *testing.T) (string, string, map[string]any) {
+				u := fresh(t)
+				key := env.totpFor(t, u)
+				c, err := env.st.startMFAChallenge(context.Background(), u)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return "/api/auth/mfa/verify", "", map[string]any{"mfa_token": c.MFAToken, "code": totpCode(key, totpStep(env.clock.Now()))}
+			},
+		},
+		mfaChange("POST", "/api/users/me/mfa/recovery-codes", env, fresh),
+		mfaChange("DELETE", "/api/users/me/mfa", env, fresh),
+	}
+}
+
+// mfaChange is an endpoint that takes the password and a code of a user with TOTP on.
+func mfaChange(method, path string, env *testEnv, fresh func(*testing.T) user) bodyEndpoint {
+	return bodyEndpoint{
+		name: method + " " + path, method: method, ok: http.StatusOK,
+		stringFields:  []string{"password", "code"},
+		unknownFields: []string{"mfa_token"},
+		setup: func(t *testing.T) (string, string, map[string]any) {
+			u := fresh(t)
+			key := env.totpFor(t, u)
+			return path, env.tokenFor(t, u), map[string]any{"password": testPassword, "code": totpCode(key, totpStep(env.clock.Now()))}
+		},
 	}
 }
 

@@ -40,6 +40,14 @@ const (
 	auditUserCreated           = "user_created" // by an admin, the actor
 	auditInvitationSent        = "invitation_sent"
 	auditInvitationAccepted    = "invitation_accepted"
+	// Two-factor login.
+	auditMFAEnabled                = "mfa_enabled"
+	auditMFADisabled               = "mfa_disabled"
+	auditMFACodeFailed             = "mfa_code_failed"
+	auditMFACodeReused             = "mfa_code_reused"
+	auditMFARecoveryCodeUsed       = "mfa_recovery_code_used"
+	auditMFARecoveryCodesGenerated = "mfa_recovery_codes_regenerated"
+	auditMFAPasswordFailed         = "mfa_password_failed"
 )
 
 // auditActions are the actions the audit log filter knows.
@@ -47,7 +55,8 @@ var auditActions = []string{auditRegister, auditAdminCreated, auditLoginSucceede
 	auditLogoutAll, auditSessionRevoked, auditRefreshTokenReused, auditPasswordChanged, auditPasswordChangeFailed,
 	auditPasswordResetRequest, auditPasswordReset, auditMailNotSent, auditVerificationRequested, auditEmailVerified,
 	auditProfileUpdated, auditRoleChanged, auditActivationChanged, auditUserDeleted, auditUserCreated,
-	auditInvitationSent, auditInvitationAccepted}
+	auditInvitationSent, auditInvitationAccepted, auditMFAEnabled, auditMFADisabled, auditMFACodeFailed,
+	auditMFACodeReused, auditMFARecoveryCodeUsed, auditMFARecoveryCodesGenerated, auditMFAPasswordFailed}
 
 // auditEvent is one row of the audit log. A zero ActorID or TargetID means none.
 type auditEvent struct {

@@ -90,9 +90,9 @@ type tokenResponse struct {
 	RefreshToken string `json:"refresh_token"`
 }
 
-func newTokenResponse(cfg config, st *store, u user, sessionID int64, refreshToken string) tokenResponse {
+func newTokenResponse(cfg config, st *store, u user, sessionID int64, amr []string, refreshToken string) tokenResponse {
 	return tokenResponse{
-		AccessToken:  signToken(cfg.keys, u.ID, u.TokenVersion, sessionID, st.now(), cfg.accessTTL),
+		AccessToken:  signToken(cfg.keys, u.ID, u.TokenVersion, sessionID, st.now(), cfg.accessTTL, amr...),
 		TokenType:    "Bearer",
 		ExpiresIn:    int(cfg.accessTTL.Seconds()),
 		RefreshToken: refreshToken,
@@ -115,12 +115,12 @@ func handleLogin(cfg config, st *store, pw *hasher) apiFunc {
 	}
 }
 
-// login checks the lockout and the credentials, then opens a session. Every failure looks the
-// same to the client.
-func login(ctx context.Context, cfg config, st *store, pw *hasher, req loginRequest) (tokenResponse, error) {
+// login checks the lockout and the credentials, then opens a session, or for a user with
+// two-factor login on, replies with an mfaChallenge. Every failure looks the same to the client.
+func login(ctx context.Context, cfg config, st *store, pw *hasher, req loginRequest) (any, error) {
 	u, err := st.userByLogin(ctx, req.Username)
 	if err != nil && !errors.Is(err, errNotFound) {
-		return tokenResponse{}, err
+		return nil, err
 	}
 	known := err == nil
 	// The lockout counts per account, whether it is named by username or by email, so the
@@ -130,7 +130,7 @@ func login(ctx context.Context, cfg config, st *store, pw *hasher, req loginRequ
 		key = accountKey(u.ID)
 	}
 	if err := pw.learnFloor(func() (int, error) { return st.strongestHashCost(ctx) }); err != nil {
-		return tokenResponse{}, err
+		return nil, err
 	}
 	// Only an active account's hash is checked, and only against a password bcrypt reads
 	// whole (72 bytes; registration refuses longer ones, whose first 72 bytes would match):
@@ -140,8 +140,8 @@ func login(ctx context.Context, cfg config, st *store, pw *hasher, req loginRequ
 	if known && u.IsActive && len(req.Password) <= 72 {
 		hash = u.PasswordHash
 		// A hash made at another cost (BCRYPT_COST changed since) is replaced while the
-		// password is at hand, by a login that is to open a session.
-		if cost, err := bcrypt.Cost([]byte(hash)); err == nil && cost != cfg.bcryptCost && !(cfg.requireVerifiedEmail && !u.EmailVerified) {
+		// password is at hand, by a login that is to open a session (not a second step).
+		if cost, err := bcrypt.Cost([]byte(hash)); err == nil && cost != cfg.bcryptCost && !(cfg.requireVerifiedEmail && !u.EmailVerified) && !u.MFAEnabled {
 			rehash = req.Password
 		}
 	}
@@ -155,37 +155,51 @@ func login(ctx context.Context, cfg config, st *store, pw *hasher, req loginRequ
 	})
 	if err == nil && !matches {
 		if err := st.auditFailure(ctx, auditLoginFailed, 0, u.ID); err != nil { // u.ID: 0 when unknown
-			return tokenResponse{}, err
+			return nil, err
 		}
-		return tokenResponse{}, errBadCredentials
+		return nil, errBadCredentials
 	}
-	var resp tokenResponse
-	if err == nil {
-		resp, err = openSession(ctx, cfg, st, u, key, rehashed)
+	// Told only to someone who knows the password, so it reveals nothing about who exists.
+	if err == nil && cfg.requireVerifiedEmail && !u.EmailVerified {
+		err = errUnverified
 	}
-	return resp, giveBack(ctx, st, attempt, err)
+	if err != nil {
+		return nil, giveBack(ctx, st, attempt, err)
+	}
+	if u.MFAEnabled {
+		// The password alone clears no failures, so that wrong codes keep counting towards the
+		// lockout however often the password is typed again; its own attempt is given back.
+		challenge, err := st.startMFAChallenge(ctx, u)
+		return challenge, errors.Join(err, st.releaseLoginAttempt(context.WithoutCancel(ctx), attempt))
+	}
+	resp, err := openSession(ctx, cfg, st, u, key, rehashed, amrPassword)
+	if err != nil {
+		return nil, giveBack(ctx, st, attempt, err)
+	}
+	return resp, nil
 }
 
-// openSession ends a login whose password was right: it opens a session, unless the address
-// must be verified first.
-func openSession(ctx context.Context, cfg config, st *store, u user, key, rehashed string) (tokenResponse, error) {
-	// Told only to someone who knows the password, so it reveals nothing about who exists.
-	if cfg.requireVerifiedEmail && !u.EmailVerified {
-		return tokenResponse{}, errUnverified
-	}
-	sessionID, refreshToken, err := st.startSession(ctx, u, key, rehashed)
+// openSession starts a session for u, who proved who they are by amr, and returns the login
+// reply: an access token and the session's first refresh token.
+func openSession(ctx context.Context, cfg config, st *store, u user, key, rehashed string, amr []string) (tokenResponse, error) {
+	sessionID, refreshToken, err := st.startSession(ctx, u, key, rehashed, amr)
 	if err != nil {
 		return tokenResponse{}, err
 	}
-	return newTokenResponse(cfg, st, u, sessionID, refreshToken), nil
+	return newTokenResponse(cfg, st, u, sessionID, amr, refreshToken), nil
 }
 
 type principalKey struct{}
 
-// principal is who an authenticated request acts as: the user and the session of its token.
+// principal is who an authenticated request acts as: the user and the session of its token,
+// and how that session was authenticated.
 type principal struct {
 	user      user
 	sessionID int64
+	amr       []string
+	// needsMFA: ADMIN_REQUIRE_MFA holds and the session has no second factor, so its admin
+	// powers are withheld.
+	needsMFA bool
 }
 
 // currentUser returns the user requireAuth authenticated.
@@ -198,6 +212,25 @@ func currentUser(ctx context.Context) user {
 func currentSession(ctx context.Context) int64 {
 	p, _ := ctx.Value(principalKey{}).(principal)
 	return p.sessionID
+}
+
+var errAdminNeedsMFA = fail(errForbidden, "Admin routes require two-factor login")
+
+// adminNeedsMFA reports whether the request's session may not use admin powers for want of a
+// second factor (ADMIN_REQUIRE_MFA).
+func adminNeedsMFA(ctx context.Context) bool {
+	p, _ := ctx.Value(principalKey{}).(principal)
+	return p.needsMFA
+}
+
+// currentAMR returns how the session of the request's access token was authenticated; a
+// token from before sessions recorded it was a password login.
+func currentAMR(ctx context.Context) []string {
+	p, _ := ctx.Value(principalKey{}).(principal)
+	if len(p.amr) == 0 {
+		return amrPassword
+	}
+	return p.amr
 }
 
 // requireAuth admits a request only with a valid, unexpired, unrevoked bearer token of an
@@ -245,15 +278,22 @@ func authenticate(r *http.Request, cfg config, st *store) (principal, error) {
 	if !u.IsActive || !sessionLive || u.TokenVersion != claims.Version {
 		return principal{}, errRevokedToken
 	}
-	return principal{user: u, sessionID: claims.Session}, nil
+	return principal{user: u, sessionID: claims.Session, amr: claims.AMR,
+		needsMFA: cfg.adminRequireMFA && !hasSecondFactor(claims.AMR)}, nil
 }
 
-// requireAdmin admits only admins; it must run inside requireAuth.
+// requireAdmin admits only admins, and with ADMIN_REQUIRE_MFA only through a session opened
+// with a second factor, so that a stolen admin password alone does not open the admin routes;
+// it must run inside requireAuth.
 func requireAdmin(logger *slog.Logger) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if currentUser(r.Context()).Role != roleAdmin {
 				writeError(w, r, logger, fail(errForbidden, "Admin privileges required"))
+				return
+			}
+			if adminNeedsMFA(r.Context()) {
+				writeError(w, r, logger, errAdminNeedsMFA)
 				return
 			}
 			next.ServeHTTP(w, r)

@@ -456,7 +456,7 @@ func TestStaleLoginsAndChangesLose(t *testing.T) {
 		alice.ID, mustHash(t, "reset-password")); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := env.st.startSession(ctx, alice, "user:1", ""); !errors.Is(err, errUnauthorized) {
+	if _, _, err := env.st.startSession(ctx, alice, "user:1", "", amrPassword); !errors.Is(err, errUnauthorized) {
 		t.Errorf("session for a login checked against the old hash: %v, want unauthorized", err)
 	}
 	if _, _, err := env.st.changePassword(ctx, alice, mustHash(t, "attacker-password"), session); !errors.Is(err, errUnauthorized) {

@@ -44,6 +44,8 @@ type config struct {
 	inviteTTL            time.Duration // INVITE_EXPIRES: how long an invitation can be accepted
 	requireVerifiedEmail bool
 	commonPasswords      commonPasswords // refused as new passwords; nil when PASSWORD_CHECK_COMMON=false
+	mfaIssuer            string          // the issuer authenticator apps show beside a TOTP code
+	adminRequireMFA      bool            // admin routes only for sessions opened with a second factor
 	mail                 mailConfig
 }
 
@@ -108,6 +110,8 @@ func loadConfig(getenv func(string) string) (config, error) {
 		inviteTTL:            seconds("INVITE_EXPIRES", 72*3600),
 		requireVerifiedEmail: boolean("REQUIRE_VERIFIED_EMAIL"),
 		commonPasswords:      commonPasswordsIf(getenv("PASSWORD_CHECK_COMMON") == "" || boolean("PASSWORD_CHECK_COMMON")),
+		mfaIssuer:            str("MFA_ISSUER", "usermgmt"),
+		adminRequireMFA:      boolean("ADMIN_REQUIRE_MFA"),
 		mail: mailConfig{
 			server:         getenv("MAIL_SERVER"),
 			username:       getenv("MAIL_USERNAME"),
@@ -182,6 +186,9 @@ func loadConfig(getenv func(string) string) (config, error) {
 	case mailLog, mailDummy:
 	default:
 		problems = append(problems, "MAIL_BACKEND must be smtp, log or dummy")
+	}
+	if !validIssuer(cfg.mfaIssuer) {
+		problems = append(problems, "MFA_ISSUER must be 1 to 64 printable characters without ':'")
 	}
 	if cfg.mail.useTLS && cfg.mail.useSSL {
 		problems = append(problems, "set MAIL_USE_TLS or MAIL_USE_SSL, not both")

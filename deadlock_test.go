@@ -90,7 +90,7 @@ func TestRefreshRacesDeletion(t *testing.T) {
 		record := func(name string, r response) { mu.Lock(); replies[name] = r; mu.Unlock() }
 		var wg sync.WaitGroup
 		for j := range 4 {
-			_, token, err := env.st.startSession(context.Background(), u, u.Username, "")
+			_, token, err := env.st.startSession(context.Background(), u, u.Username, "", amrPassword)
 			if err != nil {
 				t.Fatal(err)
 			}

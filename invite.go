@@ -107,7 +107,7 @@ func handleAcceptInvite(cfg config, st *store, pw *hasher) apiFunc {
 			return err
 		}
 		// The invitation proved the mailbox and the password was just chosen: a login.
-		resp, err := openSession(r.Context(), cfg, st, u, accountKey(u.ID), "")
+		resp, err := openSession(r.Context(), cfg, st, u, accountKey(u.ID), "", amrPassword)
 		if err != nil {
 			return err
 		}

@@ -52,13 +52,15 @@ func newKeySet(current, previous []byte) keySet {
 }
 
 // tokenClaims are the claims of an access token. Version must equal the user's token_version
-// and Session must name a live session for the token to be accepted.
+// and Session must name a live session for the token to be accepted. AMR says how the session
+// was authenticated (RFC 8176 method names: "pwd", then "totp" or "recovery").
 type tokenClaims struct {
-	Subject   string `json:"sub"`
-	IssuedAt  int64  `json:"iat"`
-	ExpiresAt int64  `json:"exp"`
-	Version   int64  `json:"ver"`
-	Session   int64  `json:"sid"`
+	Subject   string   `json:"sub"`
+	IssuedAt  int64    `json:"iat"`
+	ExpiresAt int64    `json:"exp"`
+	Version   int64    `json:"ver"`
+	Session   int64    `json:"sid"`
+	AMR       []string `json:"amr,omitempty"`
 }
 
 // userID returns the numeric user id held in the subject claim.
@@ -70,14 +72,16 @@ func (c tokenClaims) userID() (int64, error) {
 	return id, nil
 }
 
-// signToken returns an access token for the user's session, valid for ttl from now.
-func signToken(keys keySet, userID, version, sessionID int64, now time.Time, ttl time.Duration) string {
+// signToken returns an access token for the user's session, valid for ttl from now, naming
+// the methods amr that authenticated the session.
+func signToken(keys keySet, userID, version, sessionID int64, now time.Time, ttl time.Duration, amr ...string) string {
 	claims, _ := json.Marshal(tokenClaims{ // a struct of strings and integers always marshals
 		Subject:   strconv.FormatInt(userID, 10),
 		IssuedAt:  now.Unix(),
 		ExpiresAt: now.Add(ttl).Unix(),
 		Version:   version,
 		Session:   sessionID,
+		AMR:       amr,
 	})
 	signingInput := keys.current.header + "." + base64.RawURLEncoding.EncodeToString(claims)
 	return signingInput + "." + base64.RawURLEncoding.EncodeToString(mac(keys.current.secret, signingInput))

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -83,7 +84,7 @@ func TestJWTRoundTrip(t *testing.T) {
 		t.Fatalf("verifyToken: %v", err)
 	}
 	want := tokenClaims{Subject: "42", IssuedAt: jwtTestNow.Unix(), ExpiresAt: jwtTestNow.Add(time.Hour).Unix(), Version: 7}
-	if claims != want {
+	if !reflect.DeepEqual(claims, want) {
 		t.Errorf("claims = %+v, want %+v", claims, want)
 	}
 	if id, err := claims.userID(); id != 42 || err != nil {

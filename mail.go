@@ -60,6 +60,9 @@ const (
 	mailEmailChanged    = "email_changed"
 	mailPasswordChanged = "password_changed"
 	mailInvite          = "invite"
+	mailMFAEnabled      = "mfa_enabled"
+	mailMFADisabled     = "mfa_disabled"
+	mailRecoveryUsed    = "mfa_recovery_code_used"
 )
 
 var mailSubjects = map[string]string{
@@ -68,6 +71,9 @@ var mailSubjects = map[string]string{
 	mailEmailChanged:    "Your email address was changed",
 	mailPasswordChanged: "Your password was changed",
 	mailInvite:          "You are invited: choose your password",
+	mailMFAEnabled:      "Two-factor login was turned on",
+	mailMFADisabled:     "Two-factor login was turned off",
+	mailRecoveryUsed:    "A recovery code was used",
 }
 
 //go:embed templates
@@ -88,7 +94,8 @@ type mailData struct {
 	Sealed   string `json:"sealed_token,omitempty"` // see seal.go
 	Expires  string `json:"expires,omitempty"`
 	How      string `json:"how,omitempty"`
-	Link     string `json:"-"` // filled in when rendered, from the configured URLs
+	Left     int    `json:"left,omitempty"` // recovery codes left
+	Link     string `json:"-"`              // filled in when rendered, from the configured URLs
 	APIURL   string `json:"-"`
 }
 

@@ -174,6 +174,7 @@ func testConfig(databaseURL string) config {
 		verifyTTL:            24 * time.Hour,
 		inviteTTL:            72 * time.Hour,
 		commonPasswords:      loadCommonPasswords(),
+		mfaIssuer:            "usermgmt",
 		mail: mailConfig{
 			backend:        mailDummy,
 			sender:         mail.Address{Address: "usermgmt@example.com"},
@@ -337,7 +338,7 @@ func (e *testEnv) login(t testing.TB, username, password string) string {
 // the bcrypt work.
 func (e *testEnv) tokenFor(t testing.TB, u user) string {
 	t.Helper()
-	sessionID, _, err := e.st.startSession(context.Background(), u, u.Username, "")
+	sessionID, _, err := e.st.startSession(context.Background(), u, u.Username, "", amrPassword)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -470,7 +471,7 @@ func tokenInMail(t *testing.T, text string) string {
 
 // userObjectKeys are exactly the keys of the user object of every reply.
 var userObjectKeys = []string{"app_metadata", "created_at", "email", "email_verified", "first_name", "id", "invited",
-	"is_active", "last_name", "role", "updated_at", "user_metadata", "username"}
+	"is_active", "last_name", "mfa_enabled", "role", "updated_at", "user_metadata", "username"}
 
 // decodeUser fails unless raw is a user object with exactly userObjectKeys and RFC 3339
 // UTC timestamps, and returns it.

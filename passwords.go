@@ -274,7 +274,7 @@ func handleChangePassword(cfg config, st *store, pw *hasher) apiFunc {
 			Message      string `json:"message"`
 			AccessToken  string `json:"access_token"`
 			RefreshToken string `json:"refresh_token"`
-		}{"Password changed successfully", signToken(cfg.keys, me.ID, version, sessionID, st.now(), cfg.accessTTL), refreshToken})
+		}{"Password changed successfully", signToken(cfg.keys, me.ID, version, sessionID, st.now(), cfg.accessTTL, currentAMR(r.Context())...), refreshToken})
 		return nil
 	}
 }

@@ -37,6 +37,7 @@ func addRoutes(mux routeAdder, cfg config, st *store, pw *hasher, logger *slog.L
 
 	mux.Handle("POST /api/auth/register", limited(api(handleRegister(cfg, st, pw))))
 	mux.Handle("POST /api/auth/login", limited(api(handleLogin(cfg, st, pw))))
+	mux.Handle("POST /api/auth/mfa/verify", limited(api(handleMFAVerify(cfg, st))))
 	mux.Handle("POST /api/auth/refresh", limited(api(handleRefresh(cfg, st))))
 	mux.Handle("POST /api/auth/logout", authed(api(handleLogout(st))))
 	mux.Handle("POST /api/auth/logout-all", authed(api(handleLogoutAll(st))))
@@ -50,10 +51,15 @@ func addRoutes(mux routeAdder, cfg config, st *store, pw *hasher, logger *slog.L
 	mux.Handle("GET /api/users/me", authed(api(handleMe())))
 	mux.Handle("GET /api/users/me/sessions", authed(api(handleListSessions(st))))
 	mux.Handle("DELETE /api/users/me/sessions/{id}", authed(api(handleRevokeSession(st))))
+	mux.Handle("POST /api/users/me/mfa/totp", authed(api(handleMFAEnrol(cfg, st, pw))))
+	mux.Handle("POST /api/users/me/mfa/totp/confirm", authed(api(handleMFAConfirm(st))))
+	mux.Handle("POST /api/users/me/mfa/recovery-codes", authed(api(handleMFARecoveryCodes(cfg, st, pw))))
+	mux.Handle("DELETE /api/users/me/mfa", authed(api(handleMFADisable(cfg, st, pw))))
 	mux.Handle("GET /api/users/{id}", authed(api(handleGetUser(st))))
 	mux.Handle("PUT /api/users/{id}", authed(api(handleUpdateUser(st))))
 	mux.Handle("PATCH /api/users/{id}", authed(api(handleUpdateUser(st))))
 	mux.Handle("DELETE /api/users/{id}", admin(api(handleDeleteUser(st))))
+	mux.Handle("DELETE /api/users/{id}/mfa", admin(api(handleMFAAdminRemove(st))))
 
 	mux.Handle("GET /api/admin/users", admin(api(handleList(parseUserFilter, st.listUsers))))
 	mux.Handle("POST /api/admin/users", admin(api(handleCreateUser(cfg, st, pw))))

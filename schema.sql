@@ -166,6 +166,47 @@ CREATE TABLE IF NOT EXISTS invitation_tokens (
 );
 CREATE INDEX IF NOT EXISTS invitation_tokens_user_idx ON invitation_tokens (user_id);
 
+-- Two-factor login (TOTP). mfa_enabled mirrors an enabled mfa_totp row, so that the user row
+-- alone says whether a login needs a second factor.
+ALTER TABLE users ADD COLUMN IF NOT EXISTS mfa_enabled boolean NOT NULL DEFAULT false;
+
+-- How each session was authenticated (RFC 8176 method names), carried by its access tokens as
+-- "amr". Sessions from before two-factor login were opened with a password.
+ALTER TABLE sessions ADD COLUMN IF NOT EXISTS amr text[] NOT NULL DEFAULT '{pwd}';
+
+-- A user's TOTP secret, sealed (AES-256-GCM, see seal.go): a copy of the database holds no
+-- usable secret. enabled_at is NULL while the enrolment waits for its first code. last_step is
+-- the time step of the last code accepted: a code is accepted only for a later step, so none
+-- works twice (RFC 6238 section 5.2).
+CREATE TABLE IF NOT EXISTS mfa_totp (
+    user_id       bigint      PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
+    sealed_secret text        NOT NULL,
+    created_at    timestamptz NOT NULL,
+    enabled_at    timestamptz,
+    last_step     bigint      NOT NULL DEFAULT 0
+);
+
+-- Recovery codes, as salted SHA-256 only; a code is deleted when it is used.
+CREATE TABLE IF NOT EXISTS mfa_recovery_codes (
+    id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_id   bigint NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    salt      bytea  NOT NULL,
+    code_hash bytea  NOT NULL
+);
+CREATE INDEX IF NOT EXISTS mfa_recovery_codes_user_idx ON mfa_recovery_codes (user_id);
+
+-- The second step of a login: a token, stored as SHA-256 only, given for the right password of
+-- a user with TOTP on, and traded once for a session with a code. token_version is the user's
+-- when the password was checked: a password change or reset since voids the token.
+CREATE TABLE IF NOT EXISTS mfa_tokens (
+    token_hash    bytea       PRIMARY KEY,
+    user_id       bigint      NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    token_version integer     NOT NULL,
+    expires_at    timestamptz NOT NULL,
+    failures      integer     NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS mfa_tokens_user_idx ON mfa_tokens (user_id);
+
 -- The digest of the schema last applied: a start with the same schema.sql runs no DDL.
 CREATE TABLE IF NOT EXISTS schema_version (
     id         integer     PRIMARY KEY CHECK (id = 1),

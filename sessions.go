@@ -31,44 +31,59 @@ type session struct {
 // bump the token version), or whose account was deactivated meanwhile, gets errBadCredentials
 // rather than a session. A re-hash by a concurrent login of the same user changes the hash but
 // not the password, and spoils nothing: only the hash that was checked is replaced.
-func (s *store) startSession(ctx context.Context, u user, login, rehash string) (int64, string, error) {
-	// A session cannot outlive its lifetime, so neither can its first refresh token.
-	refreshTTL := min(s.policy.refreshTTL, s.policy.sessionLifetime)
+func (s *store) startSession(ctx context.Context, u user, login, rehash string, amr []string) (int64, string, error) {
 	var sessionID int64
-	token := randomToken()
-	o, now := originOf(ctx), s.now()
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		var current user
-		err := scanUser(tx.QueryRow(ctx, "SELECT "+userColumns+" FROM users WHERE id = $1 FOR UPDATE", u.ID), &current)
-		if errors.Is(err, errNotFound) || err == nil && (current.TokenVersion != u.TokenVersion || !current.IsActive) {
-			return errBadCredentials
-		}
-		if err != nil {
-			return err
-		}
-		if err := forgetLoginFailures(ctx, tx, login); err != nil {
-			return err
-		}
-		if rehash != "" {
-			if _, err := tx.Exec(ctx, "UPDATE users SET password_hash = $2 WHERE id = $1 AND password_hash = $3",
-				u.ID, rehash, u.PasswordHash); err != nil {
-				return err
-			}
-		}
-		err = tx.QueryRow(ctx, `INSERT INTO sessions (user_id, created_at, last_used_at, expires_at, ip, user_agent)
-			VALUES ($1, $2, $2, $3, $4, $5) RETURNING id`, u.ID, now, now.Add(refreshTTL), o.ip, o.userAgent).Scan(&sessionID)
-		if err != nil {
-			return err
-		}
-		if err := insertRefreshToken(ctx, tx, sessionID, token, now.Add(refreshTTL)); err != nil {
-			return err
-		}
-		return s.audit(ctx, tx, auditLoginSucceeded, u.ID, u.ID, map[string]any{"session_id": sessionID})
+	var token string
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) (err error) {
+		sessionID, token, err = s.insertSession(ctx, tx, u, login, rehash, amr)
+		return err
 	})
 	if err != nil {
 		return 0, "", fmt.Errorf("start session: %w", err)
 	}
 	return sessionID, token, nil
+}
+
+// Authentication methods a session records (RFC 8176 names, and "recovery" for a recovery code).
+var (
+	amrPassword = []string{"pwd"}
+	amrTOTP     = []string{"pwd", "totp"}
+	amrRecovery = []string{"pwd", "recovery"}
+)
+
+// insertSession is startSession inside tx, for a session authenticated by amr.
+func (s *store) insertSession(ctx context.Context, tx pgx.Tx, u user, login, rehash string, amr []string) (int64, string, error) {
+	var current user
+	err := scanUser(tx.QueryRow(ctx, "SELECT "+userColumns+" FROM users WHERE id = $1 FOR UPDATE", u.ID), &current)
+	if errors.Is(err, errNotFound) || err == nil && (current.TokenVersion != u.TokenVersion || !current.IsActive) {
+		return 0, "", errBadCredentials
+	}
+	if err != nil {
+		return 0, "", err
+	}
+	if err := forgetLoginFailures(ctx, tx, login); err != nil {
+		return 0, "", err
+	}
+	if rehash != "" {
+		if _, err := tx.Exec(ctx, "UPDATE users SET password_hash = $2 WHERE id = $1 AND password_hash = $3",
+			u.ID, rehash, u.PasswordHash); err != nil {
+			return 0, "", err
+		}
+	}
+	var sessionID int64
+	token := randomToken()
+	o, now := originOf(ctx), s.now()
+	// A session cannot outlive its lifetime, so neither can its first refresh token.
+	refreshTTL := min(s.policy.refreshTTL, s.policy.sessionLifetime)
+	err = tx.QueryRow(ctx, `INSERT INTO sessions (user_id, created_at, last_used_at, expires_at, ip, user_agent, amr)
+		VALUES ($1, $2, $2, $3, $4, $5, $6) RETURNING id`, u.ID, now, now.Add(refreshTTL), o.ip, o.userAgent, amr).Scan(&sessionID)
+	if err != nil {
+		return 0, "", err
+	}
+	if err := insertRefreshToken(ctx, tx, sessionID, token, now.Add(refreshTTL)); err != nil {
+		return 0, "", err
+	}
+	return sessionID, token, s.audit(ctx, tx, auditLoginSucceeded, u.ID, u.ID, map[string]any{"session_id": sessionID})
 }
 
 func insertRefreshToken(ctx context.Context, tx pgx.Tx, sessionID int64, token string, expiresAt time.Time) error {
@@ -92,11 +107,11 @@ var (
 // lifetime. It returns the token's row either way, with issued telling whether the successor
 // was made.
 var refreshSQL = `WITH session AS MATERIALIZED (
-		SELECT id, revoked_at IS NULL AS live, user_id, created_at FROM sessions
+		SELECT id, revoked_at IS NULL AS live, user_id, created_at, amr FROM sessions
 		WHERE id = (SELECT session_id FROM refresh_tokens WHERE token_hash = $1) FOR NO KEY UPDATE
 	), token AS (
 		SELECT t.token_hash, t.session_id, t.expires_at AS token_expires_at, t.rotated_at,
-			s.live AS session_live, s.user_id, LEAST($4, s.created_at + $6 * interval '1 second') AS new_expires_at
+			s.live AS session_live, s.amr, s.user_id, LEAST($4, s.created_at + $6 * interval '1 second') AS new_expires_at
 		FROM session s JOIN refresh_tokens t ON t.session_id = s.id
 		WHERE t.token_hash = $1 FOR UPDATE OF t
 	), usable AS (
@@ -112,7 +127,7 @@ var refreshSQL = `WITH session AS MATERIALIZED (
 		UPDATE sessions s SET last_used_at = $2, expires_at = new_expires_at FROM usable WHERE s.id = usable.session_id
 	)
 	SELECT ` + qualifiedUserColumns + `, token.session_id, token.token_expires_at, token.rotated_at,
-		token.session_live, EXISTS (SELECT 1 FROM usable) AS issued
+		token.session_live, token.amr, EXISTS (SELECT 1 FROM usable) AS issued
 	FROM token JOIN users u ON u.id = token.user_id`
 
 // refreshRow is a refresh token with its session and user, as refreshSQL returns it.
@@ -122,29 +137,30 @@ type refreshRow struct {
 	TokenExpiresAt time.Time
 	RotatedAt      *time.Time
 	SessionLive    bool
+	AMR            []string
 	Issued         bool
 }
 
 // refresh exchanges a refresh token for a new one in the same session and returns the
-// session's user. The new token lasts the policy's refreshTTL, but the session ends its
-// sessionLifetime after its login however often it is refreshed, so that a stolen session
-// cannot be kept forever. A token already rotated out is answered the same way within the
-// reuseInterval of its rotation (concurrent or retried refreshes); later, its reuse means it
-// was stolen: the session is revoked and the event audited.
-func (s *store) refresh(ctx context.Context, token string) (user, int64, string, error) {
+// session with its user, and the new token. The new token lasts the policy's refreshTTL, but
+// the session ends its sessionLifetime after its login however often it is refreshed, so that
+// a stolen session cannot be kept forever. A token already rotated out is answered the same way
+// within the reuseInterval of its rotation (concurrent or retried refreshes); later, its reuse
+// means it was stolen: the session is revoked and the event audited.
+func (s *store) refresh(ctx context.Context, token string) (refreshRow, string, error) {
 	newToken := randomToken()
 	now, reuseInterval := s.now(), s.policy.reuseInterval
 	var r refreshRow
 	err := scanUser(s.pool.QueryRow(ctx, refreshSQL, hashToken(token), now, hashToken(newToken), now.Add(s.policy.refreshTTL),
 		reuseInterval.Seconds(), s.policy.sessionLifetime.Seconds()),
-		&r.user, &r.SessionID, &r.TokenExpiresAt, &r.RotatedAt, &r.SessionLive, &r.Issued)
+		&r.user, &r.SessionID, &r.TokenExpiresAt, &r.RotatedAt, &r.SessionLive, &r.AMR, &r.Issued)
 	switch {
 	case errors.Is(err, errNotFound):
-		return user{}, 0, "", errRefreshInvalid
+		return refreshRow{}, "", errRefreshInvalid
 	case err != nil:
-		return user{}, 0, "", fmt.Errorf("refresh: %w", err)
+		return refreshRow{}, "", fmt.Errorf("refresh: %w", err)
 	case r.Issued:
-		return r.user, r.SessionID, newToken, nil
+		return r, newToken, nil
 	case r.SessionLive && r.IsActive && now.Before(r.TokenExpiresAt) && r.RotatedAt != nil && now.Sub(*r.RotatedAt) > reuseInterval:
 		// Rotated out longer ago than the reuse interval: a copy of the token is in other hands.
 		// (Within it, a token is refused only when the session's lifetime is over: no theft.)
@@ -155,10 +171,10 @@ func (s *store) refresh(ctx context.Context, token string) (user, int64, string,
 			return s.audit(ctx, tx, auditRefreshTokenReused, 0, r.ID, map[string]any{"session_id": r.SessionID})
 		})
 		if err != nil {
-			return user{}, 0, "", fmt.Errorf("revoke reused session: %w", err)
+			return refreshRow{}, "", fmt.Errorf("revoke reused session: %w", err)
 		}
 	}
-	return user{}, 0, "", errRefreshInvalid
+	return refreshRow{}, "", errRefreshInvalid
 }
 
 // revokeSessions revokes every live session of the user.
@@ -278,11 +294,11 @@ func handleRefresh(cfg config, st *store) apiFunc {
 		if req.RefreshToken == "" {
 			return invalidFields(map[string]string{"refresh_token": "is required"})
 		}
-		u, sessionID, refreshToken, err := st.refresh(r.Context(), req.RefreshToken)
+		s, refreshToken, err := st.refresh(r.Context(), req.RefreshToken)
 		if err != nil {
 			return err
 		}
-		writeJSON(w, http.StatusOK, newTokenResponse(cfg, st, u, sessionID, refreshToken))
+		writeJSON(w, http.StatusOK, newTokenResponse(cfg, st, s.user, s.SessionID, s.AMR, refreshToken))
 		return nil
 	}
 }

@@ -41,7 +41,7 @@ const (
 type store struct {
 	pool    *pgxpool.Pool
 	now     func() time.Time
-	sealer  sealer // for tokens in the mail outbox
+	sealer  sealer // for tokens in the mail outbox and TOTP secrets
 	policy  policy
 	metrics *metrics // what /metrics reports of this process's requests
 	// schemaApplied says whether this process applied schema.sql (rather than finding the
@@ -86,6 +86,7 @@ type user struct {
 	Role          string    `json:"role"`
 	IsActive      bool      `json:"is_active"`
 	EmailVerified bool      `json:"email_verified"`
+	MFAEnabled    bool      `json:"mfa_enabled"`
 	CreatedAt     time.Time `json:"created_at"`
 	UpdatedAt     time.Time `json:"updated_at"`
 	// Invited: created by an admin without a password, not yet accepted. Its hash is '', which
@@ -118,6 +119,7 @@ var userFields = []struct {
 	{"role", func(u *user) any { return &u.Role }},
 	{"is_active", func(u *user) any { return &u.IsActive }},
 	{"email_verified", func(u *user) any { return &u.EmailVerified }},
+	{"mfa_enabled", func(u *user) any { return &u.MFAEnabled }},
 	{"created_at", func(u *user) any { return &u.CreatedAt }},
 	{"updated_at", func(u *user) any { return &u.UpdatedAt }},
 	{"password_hash = ''", func(u *user) any { return &u.Invited }}, // an invited user has no password yet
@@ -171,6 +173,9 @@ func openStore(ctx context.Context, conf config, now func() time.Time, wait time
 			continue
 		}
 		break
+	}
+	if err == nil {
+		err = s.resealTOTPSecrets(ctx)
 	}
 	if err != nil {
 		pool.Close()
@@ -388,6 +393,7 @@ func (s *store) deleteExpired(ctx context.Context) error {
 		"DELETE FROM mail_outbox WHERE COALESCE(sent_at, failed_at) < $1 - interval '30 days'",
 		"DELETE FROM sessions WHERE COALESCE(revoked_at, expires_at) < $1 - interval '1 day'",
 		"DELETE FROM refresh_tokens WHERE expires_at < $1",
+		"DELETE FROM mfa_tokens WHERE expires_at < $1",
 	} {
 		if _, err := s.pool.Exec(ctx, sql, now); err != nil {
 			return fmt.Errorf("delete expired: %w", err)

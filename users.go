@@ -135,14 +135,20 @@ func handleDeleteUser(st *store) apiFunc {
 }
 
 // targetID parses the {id} of the path. A user who is not an admin may address only
-// themself: any other id is 403 whether or not it exists, so ids cannot be probed.
+// themself: any other id is 403 whether or not it exists, so ids cannot be probed. An admin
+// whose session lacks the second factor ADMIN_REQUIRE_MFA asks for may not either, as on the
+// admin-only routes.
 func targetID(r *http.Request) (int64, error) {
 	id, ok := parseID(r.PathValue("id"))
 	if !ok {
 		return 0, fail(errInvalid, "User id must be a positive integer")
 	}
-	if me := currentUser(r.Context()); me.Role != roleAdmin && me.ID != id {
+	me := currentUser(r.Context())
+	switch {
+	case me.Role != roleAdmin && me.ID != id:
 		return 0, fail(errForbidden, "You may only access your own account")
+	case me.ID != id && adminNeedsMFA(r.Context()):
+		return 0, errAdminNeedsMFA
 	}
 	return id, nil
 }

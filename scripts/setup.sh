@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Prepares everything usermgmt needs on a Debian/Ubuntu machine and writes .env:
-#   - with DATABASE_URL set (in the environment or .env) it uses that database and installs nothing;
+#   - with DATABASE_URL set (in the environment or .env) it uses that database and installs no PostgreSQL;
 #   - otherwise it installs PostgreSQL if missing, starts the local cluster, creates a role named
 #     after the current OS user (it may create databases, which the tests need) and the database
 #     "usermgmt", and writes a .env whose DATABASE_URL connects over the local socket with peer
 #     authentication (no password to store or to get out of step), plus a random JWT secret.
+#   - either way, it installs oathtool if missing, which the tests use.
 # Safe to run again: an existing .env is kept; missing keys are added.
 # With --test-servers it only installs nginx and pgbouncer when missing (make test does this).
 set -euo pipefail
@@ -47,6 +48,16 @@ install_postgres() {
   log "PostgreSQL not found: installing it with apt-get"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-contrib >/dev/null
+}
+
+# install_test_tools installs what the tests use besides PostgreSQL: oathtool, which checks
+# the service's TOTP codes against an independent implementation (and makes codes in the
+# README's walkthrough).
+install_test_tools() {
+  command -v oathtool >/dev/null && return 0
+  log "oathtool not found: installing it with apt-get"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq oathtool >/dev/null
 }
 
 # start_cluster starts the first local cluster if it is down and prints its port: the only thing
@@ -135,7 +146,7 @@ main() {
   touch "$env_file"
   chmod 600 "$env_file"
   if [ -n "${DATABASE_URL:-}" ] || { [ -n "$(env_value DATABASE_URL)" ] && ! grep -q "^$managed_marker" "$env_file"; }; then
-    log "DATABASE_URL is set: using that database, installing nothing"
+    log "DATABASE_URL is set: using that database, installing no PostgreSQL"
   elif [ -n "$(env_value DATABASE_URL)" ]; then
     install_postgres
     start_cluster >/dev/null
@@ -152,6 +163,7 @@ main() {
     warn_if_in_use
   fi
   add_env JWT_SECRET_KEY "$(random_secret 64)"
+  install_test_tools
 }
 
 main "$@"
