@@ -106,7 +106,7 @@ func handleLogin(cfg config, st *store, pw *hasher) apiFunc {
 			return err
 		}
 		resp, err := login(r.Context(), cfg, st, pw, req)
-		st.metrics.observeLogin(err)
+		st.metrics.observeLogin(resp, err)
 		if err != nil {
 			return err
 		}

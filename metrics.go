@@ -80,19 +80,23 @@ func (m *metrics) observeRequest(route, method string, status int, took time.Dur
 	h.sum += seconds
 }
 
-// loginOutcomes are the outcomes a login is counted under. (A login that needs a second factor
-// will be one more, once two-factor login exists.)
-var loginOutcomes = [...]string{"success", "failure", "locked", "unverified", "error"}
+// loginOutcomes are the outcomes a login is counted under: its password step, and the second
+// step of a login with two-factor login on.
+var loginOutcomes = [...]string{"success", "failure", "locked", "unverified", "error", "mfa_required"}
 
-// observeLogin counts a login by the error it ended with.
-func (m *metrics) observeLogin(err error) {
+// observeLogin counts a login step by its reply and the error it ended with. A failure is any
+// refusal of what was presented: a wrong password, an invalid mfa_token or a wrong code.
+func (m *metrics) observeLogin(reply any, err error) {
 	outcome := 0 // success
 	switch {
 	case err == nil:
-	case errors.Is(err, errBadCredentials):
-		outcome = 1
+		if _, ok := reply.(mfaChallenge); ok {
+			outcome = 5
+		}
 	case errors.Is(err, errLockedOut):
 		outcome = 2
+	case errors.Is(err, errUnauthorized):
+		outcome = 1
 	case errors.Is(err, errUnverified):
 		outcome = 3
 	default: // busy, database unavailable, client gone

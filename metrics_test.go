@@ -263,3 +263,23 @@ func TestRunServesMetricsAndJSONLogs(t *testing.T) {
 		t.Errorf("request log line %v, want the fields %v for GET /api/users/me with status 401", requestLine, want)
 	}
 }
+
+// TestMetricsCountTwoStepLogins: a right password of a user with TOTP on counts as
+// mfa_required, a wrong code at the second step as a failure, the right one as a success.
+func TestMetricsCountTwoStepLogins(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	alice := env.enableMFA(t, "alice", roleUser) // logs in once, with the password alone
+	before := scrape(t, env.st, env.pw)
+	token := env.mfaLogin(t, "alice")
+	env.verifyMFA(t, token, "code", "000000").expect(t, http.StatusUnauthorized)
+	env.verifyMFA(t, token, "code", env.nextCode(alice.key)).expect(t, http.StatusOK)
+	after := scrape(t, env.st, env.pw)
+	for outcome, want := range map[string]float64{"mfa_required": 1, "failure": 1, "success": 1} {
+		got := metricValue(t, after, "usermgmt_logins_total", "outcome", outcome) -
+			metricValue(t, before, "usermgmt_logins_total", "outcome", outcome)
+		if got != want {
+			t.Errorf("logins with outcome %s: %v more, want %v", outcome, got, want)
+		}
+	}
+}

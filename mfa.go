@@ -249,6 +249,7 @@ func handleMFAVerify(cfg config, st *store) apiFunc {
 			return err
 		}
 		resp, err := verifyMFA(r.Context(), cfg, st, req)
+		st.metrics.observeLogin(resp, err)
 		if err != nil {
 			return err
 		}
