@@ -169,6 +169,7 @@ func testConfig(databaseURL string) config {
 		resetTTL:             time.Hour,
 		verifyTTL:            24 * time.Hour,
 		commonPasswords:      loadCommonPasswords(),
+		apiDocs:              true,
 		mail: mailConfig{
 			backend:        mailDummy,
 			sender:         mail.Address{Address: "usermgmt@example.com"},
@@ -208,7 +209,7 @@ func newTestEnv(t testing.TB, change ...func(*config)) *testEnv {
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, nil))
 	env := &testEnv{cfg: cfg, st: st, clock: clock, logs: logs, pw: newHasher(cfg.bcryptCost, cfg.bcryptConcurrency)}
-	env.server = httptest.NewServer(newServer(cfg, st, env.pw, logger))
+	env.server = checkedServer(t, newServer(cfg, st, env.pw, logger))
 	t.Cleanup(func() {
 		env.server.Close()
 		st.close()

@@ -3,13 +3,31 @@ package main
 import (
 	"log/slog"
 	"net/http"
+	"slices"
+	"strings"
 )
 
 // newServer returns the service's whole HTTP handler; pw does its bcrypt work.
 func newServer(cfg config, st *store, pw *hasher, logger *slog.Logger) http.Handler {
-	mux := http.NewServeMux()
+	mux := &methodsMux{ServeMux: http.NewServeMux()}
 	addRoutes(mux, cfg, st, pw, logger)
-	return withDeadline(withOrigin(cfg.trustedProxies, logRequests(logger, secureHeaders(jsonMuxErrors(mux)))))
+	return withDeadline(withOrigin(cfg.trustedProxies, logRequests(logger, secureHeaders(
+		withCORS(cfg.cors, mux.ServeMux, mux.methods, jsonMuxErrors(mux.ServeMux))))))
+}
+
+// methodsMux is a mux that remembers the methods of its routes, which CORS preflights ask for,
+// in the order of the mux's Allow header.
+type methodsMux struct {
+	*http.ServeMux
+	methods []string
+}
+
+func (m *methodsMux) Handle(pattern string, handler http.Handler) {
+	if method, _, _ := strings.Cut(pattern, " "); !slices.Contains(m.methods, method) {
+		m.methods = append(m.methods, method)
+		slices.Sort(m.methods)
+	}
+	m.ServeMux.Handle(pattern, handler)
 }
 
 // routeAdder is the part of a mux that addRoutes uses; tests pass one that records the
@@ -48,4 +66,11 @@ func addRoutes(mux routeAdder, cfg config, st *store, pw *hasher, logger *slog.L
 
 	mux.Handle("GET /api/admin/users", admin(api(handleList(parseUserFilter, st.listUsers))))
 	mux.Handle("GET /api/admin/audit-log", admin(api(handleList(parseAuditFilter, st.listAudit))))
+
+	if cfg.apiDocs {
+		mux.Handle("GET /openapi.json", handleOpenAPI())
+		mux.Handle("GET /docs", handleDocs())
+		mux.Handle("GET /docs/{file}", api(handleDocsFile()))
+		mux.Handle("GET /{$}", handleDocsRedirect())
+	}
 }
