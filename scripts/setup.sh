@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Prepares everything usermgmt needs on a Debian/Ubuntu machine and writes .env:
-#   - with DATABASE_URL set (in the environment or .env) it uses that database and installs nothing;
+#   - with DATABASE_URL set (in the environment or .env) it uses that database and installs no PostgreSQL;
 #   - otherwise it installs PostgreSQL if missing, starts the local cluster, creates a role named
 #     after the current OS user (it may create databases, which the tests need) and the database
 #     "usermgmt", and writes a .env whose DATABASE_URL connects over the local socket with peer
 #     authentication (no password to store or to get out of step), plus a random JWT secret.
+#   - either way it installs Debian's chromium when missing: the browser tests drive it headless.
 # Safe to run again: an existing .env is kept; missing keys are added.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +47,17 @@ install_postgres() {
   log "PostgreSQL not found: installing it with apt-get"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-contrib >/dev/null
+}
+
+# install_chromium installs the browser the tests drive. The package lists are refreshed only
+# when the install fails without it (a fresh machine's lists may be empty or stale).
+install_chromium() {
+  command -v chromium >/dev/null && return 0
+  log "chromium not found (the browser tests need it): installing it with apt-get"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || {
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  }
 }
 
 # start_cluster starts the first local cluster if it is down and prints its port: the only thing
@@ -116,6 +128,7 @@ warn_if_in_use() {
 main() {
   touch "$env_file"
   chmod 600 "$env_file"
+  install_chromium
   if [ -n "${DATABASE_URL:-}" ] || { [ -n "$(env_value DATABASE_URL)" ] && ! grep -q "^$managed_marker" "$env_file"; }; then
     log "DATABASE_URL is set: using that database, installing nothing"
   elif [ -n "$(env_value DATABASE_URL)" ]; then
