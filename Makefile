@@ -6,17 +6,17 @@ GO          ?= go
 BIN         := usermgmt
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: run test test-servers build lint setup fuzz clean bench
+.PHONY: run test test-tools build lint setup fuzz clean bench
 
 run: setup build
 	./$(BIN)
 
-test: setup test-servers lint
+test: setup test-tools lint
 	$(GO) test -race -count=1 ./...
 
-# nginx and pgbouncer, which the cluster test starts (installed when missing).
-test-servers:
-	@scripts/setup.sh --test-servers
+# oathtool, chromium, nginx and pgbouncer, which the tests run (installed when missing).
+test-tools:
+	@scripts/setup.sh --test-tools
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BIN) .

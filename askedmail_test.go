@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"slices"
 	"strconv"
 	"strings"
@@ -59,7 +58,7 @@ func tracedServer(t *testing.T, env *testEnv, log *statementLog) *testEnv {
 	}
 	traced := *env
 	traced.st = &store{pool: pool, now: env.clock.Now, sealer: env.st.sealer, policy: env.st.policy, metrics: newMetrics()}
-	traced.server = httptest.NewServer(newServer(env.cfg, traced.st, env.pw, slog.New(slog.DiscardHandler)))
+	traced.server = checkedServer(t, newServer(env.cfg, traced.st, env.pw, slog.New(slog.DiscardHandler)))
 	t.Cleanup(func() {
 		traced.server.Close()
 		pool.Close()

@@ -57,6 +57,9 @@ func TestBoundaryNumbersNever5xx(t *testing.T) {
 	type request struct{ method, path string }
 	var requests []request
 	for _, route := range allRoutes(t, env) {
+		if route == "GET /docs" || route == "GET /{$}" {
+			continue // the Swagger UI page and the redirect to it take no numbers
+		}
 		method, pattern, _ := strings.Cut(route, " ")
 		for _, w := range wildcard.FindAllStringIndex(pattern, -1) {
 			for _, n := range boundaryNumbers {

@@ -47,6 +47,8 @@ type config struct {
 	mfaIssuer            string          // the issuer authenticator apps show beside a TOTP code
 	adminRequireMFA      bool            // admin routes only for sessions opened with a second factor
 	mail                 mailConfig
+	apiDocs              bool       // serve /openapi.json, /docs and the redirect of /
+	cors                 corsPolicy // CORS_ALLOWED_ORIGINS
 }
 
 // loadConfig reads and checks every setting, naming each bad one.
@@ -88,6 +90,10 @@ func loadConfig(getenv func(string) string) (config, error) {
 	if err != nil {
 		problems = append(problems, "TRUSTED_PROXIES must be a comma-separated list of CIDR prefixes or addresses")
 	}
+	cors, err := parseCORSOrigins(getenv("CORS_ALLOWED_ORIGINS"))
+	if err != nil {
+		problems = append(problems, err.Error())
+	}
 	cfg := config{
 		databaseURL:          getenv("DATABASE_URL"),
 		keys:                 newKeySet([]byte(secret), []byte(previous)),
@@ -124,6 +130,8 @@ func loadConfig(getenv func(string) string) (config, error) {
 			totalTimeout:   2 * time.Minute,
 			maxAttempts:    num("MAIL_MAX_ATTEMPTS", 8, 1, 100),
 		},
+		apiDocs: getenv("API_DOCS") == "" || boolean("API_DOCS"),
+		cors:    cors,
 	}
 	cfg.mail.publicURL = strings.TrimRight(str("PUBLIC_URL", "http://localhost"+portSuffix(cfg.addr)), "/")
 	cfg.mail.resetURL = str("PASSWORD_RESET_URL", cfg.mail.publicURL+resetPasswordPath+"{token}")

@@ -175,6 +175,7 @@ func testConfig(databaseURL string) config {
 		inviteTTL:            72 * time.Hour,
 		commonPasswords:      loadCommonPasswords(),
 		mfaIssuer:            "usermgmt",
+		apiDocs:              true,
 		mail: mailConfig{
 			backend:        mailDummy,
 			sender:         mail.Address{Address: "usermgmt@example.com"},
@@ -215,7 +216,7 @@ func newTestEnv(t testing.TB, change ...func(*config)) *testEnv {
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, nil))
 	env := &testEnv{cfg: cfg, st: st, clock: clock, logs: logs, pw: newHasher(cfg.bcryptCost, cfg.bcryptConcurrency)}
-	env.server = httptest.NewServer(newServer(cfg, st, env.pw, logger))
+	env.server = checkedServer(t, newServer(cfg, st, env.pw, logger))
 	t.Cleanup(func() {
 		env.server.Close()
 		st.close()

@@ -77,13 +77,16 @@ func newRequestID() string {
 }
 
 // secureHeaders sets headers every response should carry: no MIME sniffing, no caching of
-// tokens or user data by browsers or proxies, no Referer leaking a reset link.
+// tokens or user data by browsers or proxies, no Referer leaking a reset link, and a policy
+// under which a reply opened as a page runs nothing and cannot be framed (the /docs page sets
+// its own).
 func secureHeaders(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
 		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("Cache-Control", "no-store")
 		h.Set("Referrer-Policy", "no-referrer")
+		h.Set("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
 		next.ServeHTTP(w, r)
 	})
 }
@@ -105,9 +108,9 @@ func jsonMuxErrors(mux *http.ServeMux) http.Handler {
 
 // muxErrorWriter replaces the body of the mux's errors (plain text for a 404 or 405, none for
 // the 400 of a request for "*") by a JSON message, and its redirects by a JSON 404. It tells
-// the mux's replies from the handlers' by their headers: every handler here writes JSON and
-// none redirects, so an error that is not JSON, or a Location, is the mux's. (Asking the mux
-// first whether a route matches would route every request twice.)
+// the mux's replies from the handlers' by their headers: every handler's error and redirect
+// is JSON, so an error that is not JSON, or a Location without JSON, is the mux's. (Asking the
+// mux first whether a route matches would route every request twice.)
 type muxErrorWriter struct {
 	http.ResponseWriter
 	replaced bool
@@ -118,12 +121,15 @@ func (w *muxErrorWriter) WriteHeader(status int) {
 	var text string
 	h := w.Header()
 	switch {
+	case h.Get("Content-Type") == "application/json" || http.StatusText(status) == "":
+		// a handler's reply (its redirect of / included), or writeError's bodiless 499 for a
+		// client that hung up
 	case status >= 300 && status < 400 && h.Get("Location") != "":
 		h.Del("Location")
 		w.redirect = true
 		status, text = http.StatusNotFound, "Not found"
-	case status < 400 || h.Get("Content-Type") == "application/json" || http.StatusText(status) == "":
-		// a handler's reply, or writeError's bodiless 499 for a client that hung up
+	case status < 400:
+		// a handler's reply that is not JSON: the /docs page and its files
 	default: // "Not found", "Method not allowed", "Bad request" (the mux's 400 for a path of "*")
 		text = strings.ToLower(http.StatusText(status))
 		text = strings.ToUpper(text[:1]) + text[1:]

@@ -61,7 +61,7 @@ func TestUnknownRoutes(t *testing.T) {
 	t.Parallel()
 	env := newTestEnv(t)
 	token := env.tokenFor(t, env.addUser(t, "root", roleAdmin))
-	paths := []string{"/", "/nope", "/api", "/api/", "/api/users", "/api/users/", "/api/users/1/extra",
+	paths := []string{"/nope", "/api", "/api/", "/api/users", "/api/users/", "/api/users/1/extra",
 		"/api/users/me/extra", "/api/auth", "/api/auth/logoff", "/api/auth/reset-password/", "/api/admin",
 		"/api/admin/users/1", "/healthz/x", "/API/users/me"}
 	for _, path := range paths {

@@ -3,13 +3,31 @@ package main
 import (
 	"log/slog"
 	"net/http"
+	"slices"
+	"strings"
 )
 
 // newServer returns the service's whole HTTP handler; pw does its bcrypt work.
 func newServer(cfg config, st *store, pw *hasher, logger *slog.Logger) http.Handler {
-	mux := http.NewServeMux()
+	mux := &methodsMux{ServeMux: http.NewServeMux()}
 	addRoutes(mux, cfg, st, pw, logger)
-	return withDeadline(withOrigin(cfg.trustedProxies, logRequests(logger, st.metrics, secureHeaders(jsonMuxErrors(mux)))))
+	return withDeadline(withOrigin(cfg.trustedProxies, logRequests(logger, st.metrics, secureHeaders(
+		withCORS(cfg.cors, mux.ServeMux, mux.methods, jsonMuxErrors(mux.ServeMux))))))
+}
+
+// methodsMux is a mux that remembers the methods of its routes, which CORS preflights ask for,
+// in the order of the mux's Allow header.
+type methodsMux struct {
+	*http.ServeMux
+	methods []string
+}
+
+func (m *methodsMux) Handle(pattern string, handler http.Handler) {
+	if method, _, _ := strings.Cut(pattern, " "); !slices.Contains(m.methods, method) {
+		m.methods = append(m.methods, method)
+		slices.Sort(m.methods)
+	}
+	m.ServeMux.Handle(pattern, handler)
 }
 
 // The paths that mailed links name, followed by the token: routes, default links and the
@@ -65,4 +83,11 @@ func addRoutes(mux routeAdder, cfg config, st *store, pw *hasher, logger *slog.L
 	mux.Handle("POST /api/admin/users", admin(api(handleCreateUser(cfg, st, pw))))
 	mux.Handle("POST /api/admin/users/{id}/invite", admin(api(handleResendInvite(cfg, st))))
 	mux.Handle("GET /api/admin/audit-log", admin(api(handleList(parseAuditFilter, st.listAudit))))
+
+	if cfg.apiDocs {
+		mux.Handle("GET /openapi.json", handleOpenAPI())
+		mux.Handle("GET /docs", handleDocs())
+		mux.Handle("GET /docs/{file}", api(handleDocsFile()))
+		mux.Handle("GET /{$}", handleDocsRedirect())
+	}
 }

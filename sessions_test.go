@@ -133,7 +133,7 @@ func (e *testEnv) anotherInstance(t testing.TB, cfg config) *testEnv {
 	logger := slog.New(slog.NewTextHandler(e.logs, nil))
 	other := *e
 	other.cfg, other.st, other.pw = cfg, st, newHasher(cfg.bcryptCost, cfg.bcryptConcurrency)
-	other.server = httptest.NewServer(newServer(cfg, st, other.pw, logger))
+	other.server = checkedServer(t, newServer(cfg, st, other.pw, logger))
 	t.Cleanup(func() {
 		other.server.Close()
 		st.close()

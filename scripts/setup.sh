@@ -5,9 +5,9 @@
 #     after the current OS user (it may create databases, which the tests need) and the database
 #     "usermgmt", and writes a .env whose DATABASE_URL connects over the local socket with peer
 #     authentication (no password to store or to get out of step), plus a random JWT secret.
-#   - either way, it installs oathtool if missing, which the tests use.
 # Safe to run again: an existing .env is kept; missing keys are added.
-# With --test-servers it only installs nginx and pgbouncer when missing (make test does this).
+# With --test-tools it only installs, when missing, the programs the tests run besides
+# PostgreSQL: oathtool, chromium, nginx and pgbouncer (make test does this; make run does not).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,16 +48,6 @@ install_postgres() {
   log "PostgreSQL not found: installing it with apt-get"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-contrib >/dev/null
-}
-
-# install_test_tools installs what the tests use besides PostgreSQL: oathtool, which checks
-# the service's TOTP codes against an independent implementation (and makes codes in the
-# README's walkthrough).
-install_test_tools() {
-  command -v oathtool >/dev/null && return 0
-  log "oathtool not found: installing it with apt-get"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq oathtool >/dev/null
 }
 
 # start_cluster starts the first local cluster if it is down and prints its port: the only thing
@@ -125,22 +115,24 @@ warn_if_in_use() {
   log "  delete the DATABASE_URL line from $env_file and run again with another name: USERMGMT_DB_NAME=${name}_2 make run"
 }
 
-# install_test_servers installs what the cluster test runs besides PostgreSQL: nginx and
-# PgBouncer (the test starts its own on loopback ports; the packages' services are not used).
-install_test_servers() {
-  local missing=()
-  for tool in nginx pgbouncer; do
+# install_test_tools installs, when missing, what the tests run besides PostgreSQL: oathtool (an
+# independent TOTP implementation, and codes for the README's walkthrough), chromium (the
+# browser tests drive it headless), nginx and pgbouncer (the cluster test starts its own on
+# loopback; the packages' services are not used).
+install_test_tools() {
+  local missing=() tool
+  for tool in oathtool chromium nginx pgbouncer; do
     command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || missing+=("$tool")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
-  log "installing ${missing[*]} with apt-get, for the cluster test"
+  log "installing ${missing[*]} with apt-get, for the tests"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
 main() {
-  if [ "${1:-}" = --test-servers ]; then
-    install_test_servers
+  if [ "${1:-}" = --test-tools ]; then
+    install_test_tools
     return
   fi
   touch "$env_file"
@@ -163,7 +155,6 @@ main() {
     warn_if_in_use
   fi
   add_env JWT_SECRET_KEY "$(random_secret 64)"
-  install_test_tools
 }
 
 main "$@"
