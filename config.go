@@ -42,6 +42,7 @@ type config struct {
 	requireVerifiedEmail bool
 	commonPasswords      commonPasswords // refused as new passwords; nil when PASSWORD_CHECK_COMMON=false
 	mail                 mailConfig
+	webhook              webhookConfig
 }
 
 // loadConfig reads and checks every setting, naming each bad one.
@@ -114,6 +115,14 @@ func loadConfig(getenv func(string) string) (config, error) {
 			totalTimeout:   2 * time.Minute,
 			maxAttempts:    num("MAIL_MAX_ATTEMPTS", 8, 1, 100),
 		},
+	}
+	cfg.webhook = webhookConfig{
+		maxAttempts:  num("WEBHOOK_MAX_ATTEMPTS", 12, 1, 100),
+		allowHTTP:    boolean("WEBHOOK_ALLOW_HTTP"),
+		allowPrivate: boolean("WEBHOOK_ALLOW_PRIVATE"),
+		timeout:      10 * time.Second,
+		pollInterval: time.Second,
+		inFlight:     16,
 	}
 	cfg.mail.publicURL = strings.TrimRight(str("PUBLIC_URL", "http://localhost"+portSuffix(cfg.addr)), "/")
 	cfg.mail.resetURL = str("PASSWORD_RESET_URL", cfg.mail.publicURL+resetPasswordPath+"{token}")

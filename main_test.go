@@ -184,6 +184,9 @@ func testConfig(databaseURL string) config {
 			resetURL:       "http://usermgmt.test/reset?token={token}",
 			verifyURL:      "http://usermgmt.test/verify?token={token}",
 		},
+		// Test receivers are httptest servers: plain HTTP on loopback.
+		webhook: webhookConfig{maxAttempts: 3, allowHTTP: true, allowPrivate: true, timeout: 5 * time.Second,
+			pollInterval: 20 * time.Millisecond, inFlight: 4},
 	}
 }
 

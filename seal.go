@@ -46,17 +46,24 @@ func (s sealer) seal(plain string) string {
 var errUnsealable = errors.New("sealed token: not sealed by the current or previous key")
 
 func (s sealer) open(sealed string) (string, error) {
+	plain, _, err := s.openKey(sealed)
+	return plain, err
+}
+
+// openKey is open, also reporting whether the previous key opened it: what is kept longer
+// than a key rotation (webhook secrets) is then sealed again under the current one.
+func (s sealer) openKey(sealed string) (plain string, byPrevious bool, err error) {
 	raw, err := base64.RawURLEncoding.DecodeString(sealed)
 	if err != nil {
-		return "", errUnsealable
+		return "", false, errUnsealable
 	}
 	for _, aead := range []cipher.AEAD{s.current, s.previous} {
 		if aead == nil || len(raw) < aead.NonceSize() {
 			continue
 		}
 		if plain, err := aead.Open(nil, raw[:aead.NonceSize()], raw[aead.NonceSize():], nil); err == nil {
-			return string(plain), nil
+			return string(plain), aead != s.current, nil
 		}
 	}
-	return "", errUnsealable
+	return "", false, errUnsealable
 }
