@@ -14,6 +14,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,9 +25,9 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Webhook delivery: events are queued in the transaction of their audit row (enqueueEvent),
-// and a worker in every instance POSTs them, signed as the Standard Webhooks specification
-// says, retrying with back-off. A delivery is leased while it is sent, so two instances never
+// Webhook delivery, and the admin endpoints on deliveries: events are queued in the transaction
+// of their audit row (enqueueEvent), and a worker in every instance POSTs them, signed as the
+// Standard Webhooks specification says, retrying with back-off. A delivery is leased while it is sent, so two instances never
 // send it at once; a lease outlives the send's timeout, and one left by an instance that died
 // runs out and the delivery is sent again: at least once, never zero times.
 
@@ -343,4 +345,112 @@ func runWebhooks(ctx context.Context, cfg webhookConfig, st *store, logger *slog
 		case <-ticker.C:
 		}
 	}
+}
+
+// webhookDelivery is one event's delivery to one webhook, as admins see it.
+type webhookDelivery struct {
+	ID            int64      `json:"id" db:"id"`
+	EventID       string     `json:"event_id" db:"event_id"`
+	Type          string     `json:"type" db:"type"`
+	Status        string     `json:"status" db:"status"`
+	Attempts      int        `json:"attempts" db:"attempts"`
+	LastStatus    *int       `json:"last_status" db:"last_status"` // the last reply's HTTP status
+	LastError     *string    `json:"last_error" db:"last_error"`
+	NextAttemptAt *time.Time `json:"next_attempt_at" db:"next_attempt_at"` // while pending
+	CreatedAt     time.Time  `json:"created_at" db:"created_at"`
+	DeliveredAt   *time.Time `json:"delivered_at" db:"delivered_at"`
+}
+
+// deliveryFilter selects a page of one webhook's deliveries, optionally of one status.
+type deliveryFilter struct {
+	WebhookID int64
+	Status    string
+	page
+}
+
+func handleListDeliveries(st *store) apiFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		id, err := webhookID(r)
+		if err != nil {
+			return err
+		}
+		return handleList(func(q url.Values) (deliveryFilter, error) {
+			f := deliveryFilter{WebhookID: id, page: defaultPage}
+			return f, parseListQuery(q, &f.page, func(name, value string) string {
+				if name != "status" {
+					return "unknown parameter"
+				}
+				f.Status = value
+				if !slices.Contains([]string{"pending", "delivered", "failed"}, value) {
+					return "must be pending, delivered or failed"
+				}
+				return ""
+			})
+		}, st.listDeliveries)(w, r)
+	}
+}
+
+// listDeliveries returns a page of a webhook's deliveries, newest first, and how many match.
+func (s *store) listDeliveries(ctx context.Context, f deliveryFilter) ([]webhookDelivery, int, error) {
+	if _, err := queryWebhook(ctx, s.pool, f.WebhookID, ""); err != nil {
+		return nil, 0, err
+	}
+	const where = " FROM webhook_deliveries WHERE webhook_id = $1 AND ($2 = '' OR status = $2)"
+	rows, _ := s.pool.Query(ctx, `SELECT id, 'evt_' || event_id AS event_id, type, status, attempts, last_status,
+		last_error, CASE WHEN status = 'pending' THEN next_attempt_at END AS next_attempt_at, created_at, delivered_at`+
+		where+" ORDER BY id DESC"+f.limitOffset(), f.WebhookID, f.Status)
+	deliveries, err := pgx.CollectRows(rows, pgx.RowToStructByName[webhookDelivery])
+	if err != nil {
+		return nil, 0, fmt.Errorf("list webhook deliveries: %w", err)
+	}
+	var total int
+	if err := s.pool.QueryRow(ctx, "SELECT count(*)"+where, f.WebhookID, f.Status).Scan(&total); err != nil {
+		return nil, 0, fmt.Errorf("count webhook deliveries: %w", err)
+	}
+	return deliveries, total, nil
+}
+
+func handleRetryDelivery(st *store) apiFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		id, err := webhookID(r)
+		if err != nil {
+			return err
+		}
+		deliveryID, ok := parseID(r.PathValue("delivery_id"))
+		if !ok {
+			return fail(errInvalid, "Delivery id must be a positive integer")
+		}
+		if err := st.retryDelivery(r.Context(), currentUser(r.Context()), id, deliveryID); err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusAccepted, message{"Delivery queued"})
+		return nil
+	}
+}
+
+// retryDelivery queues delivery deliveryID of webhook id again, now, with its attempts
+// starting over; it keeps its event id, so a consumer that has it already can tell. One being
+// sent right now is a conflict.
+func (s *store) retryDelivery(ctx context.Context, actor user, id, deliveryID int64) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		now := s.now()
+		var leased bool
+		err := tx.QueryRow(ctx, `SELECT status = 'pending' AND COALESCE(leased_until > $3, false)
+			FROM webhook_deliveries WHERE id = $1 AND webhook_id = $2 FOR UPDATE`, deliveryID, id, now).Scan(&leased)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fail(errNotFound, "Delivery not found")
+		}
+		if err != nil {
+			return fmt.Errorf("retry webhook delivery: %w", err)
+		}
+		if leased {
+			return fail(errConflict, "The delivery is being sent right now")
+		}
+		_, err = tx.Exec(ctx, `UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = $2,
+			leased_until = NULL, delivered_at = NULL WHERE id = $1`, deliveryID, now)
+		if err != nil {
+			return fmt.Errorf("retry webhook delivery: %w", err)
+		}
+		return s.audit(ctx, tx, auditWebhookDeliveryRetried, actor.ID, 0, map[string]any{"webhook_id": id, "delivery_id": deliveryID})
+	})
 }

@@ -296,3 +296,74 @@ func TestWebhookEnqueueIsPartOfTheChange(t *testing.T) {
 		t.Fatalf("%d register audit rows, want %d: the change stood without its event", n, before)
 	}
 }
+
+func TestWebhookRetries(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t, func(c *config) { c.webhook.timeout = 300 * time.Millisecond; c.webhook.maxAttempts = 4 })
+	token := env.tokenFor(t, env.addUser(t, "admin", roleAdmin))
+	rc := newReceiver(t)
+	id, _ := addWebhook(t, env, token, rc.URL, "user.created")
+	release := make(chan struct{})
+	defer close(release)
+	replies := []func(*http.Request) int{
+		func(*http.Request) int { return http.StatusInternalServerError },
+		func(r *http.Request) int { // slower than the timeout: the server hangs up first
+			select {
+			case <-r.Context().Done():
+			case <-release:
+			}
+			return http.StatusOK
+		},
+	}
+	env.addUser(t, "erin", roleUser)
+	for attempt, reply := range replies {
+		rc.setReply(reply)
+		if n := env.deliverWebhooks(t); n != 1 {
+			t.Fatalf("attempt %d: %d deliveries made, want 1", attempt+1, n)
+		}
+		d := deliveries(t, env, token, id)[0]
+		if d.Status != "pending" || d.Attempts != attempt+1 || d.LastError == nil || d.NextAttemptAt == nil {
+			t.Fatalf("after attempt %d: %+v, want pending with an error", attempt+1, d)
+		}
+		if attempt == 0 && (d.LastStatus == nil || *d.LastStatus != 500) {
+			t.Fatalf("after a 500: last status %v", d.LastStatus)
+		}
+		if n := env.deliverWebhooks(t); n != 0 {
+			t.Fatalf("retried before its back-off")
+		}
+		env.clock.Advance(webhookRetryDelay(attempt + 1))
+	}
+	// Connection refused: the receiver is gone. The last attempt gives up.
+	rc.Close()
+	for attempt := len(replies) + 1; attempt <= 4; attempt++ {
+		if n := env.deliverWebhooks(t); n != 1 {
+			t.Fatalf("attempt %d: %d deliveries made, want 1", attempt, n)
+		}
+		env.clock.Advance(webhookRetryDelay(attempt))
+	}
+	d := deliveries(t, env, token, id)[0]
+	if d.Status != "failed" || d.Attempts != 4 || d.LastError == nil || !strings.Contains(*d.LastError, "refused") {
+		t.Fatalf("after the last attempt: %+v, want failed, connection refused", d)
+	}
+	if n := env.deliverWebhooks(t); n != 0 {
+		t.Fatal("a failed delivery was tried again")
+	}
+	if s := rc.take(); len(s) != 2 {
+		t.Fatalf("receiver got %d requests, want 2", len(s))
+	}
+}
+
+// The back-off grows to about a day over the default 12 attempts.
+func TestWebhookRetryDelaySpansADay(t *testing.T) {
+	var total time.Duration
+	for attempt := 1; attempt < 12; attempt++ {
+		d := webhookRetryDelay(attempt)
+		if j := jittered(d); j > d || j < d*3/4 {
+			t.Errorf("jittered(%v) = %v", d, j)
+		}
+		total += d
+	}
+	if total < 20*time.Hour || total > 30*time.Hour {
+		t.Errorf("12 attempts span %v, want about a day", total)
+	}
+}

@@ -15,7 +15,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -291,73 +290,158 @@ func TestWebhookNoEventForRolledBackChange(t *testing.T) {
 	}
 }
 
-func TestWebhookRetries(t *testing.T) {
+func TestWebhookEndpoints(t *testing.T) {
 	t.Parallel()
-	env := newTestEnv(t, func(c *config) { c.webhook.timeout = 300 * time.Millisecond; c.webhook.maxAttempts = 4 })
-	token := env.tokenFor(t, env.addUser(t, "admin", roleAdmin))
-	rc := newReceiver(t)
-	id, _ := addWebhook(t, env, token, rc.URL, "user.created")
-	release := make(chan struct{})
-	defer close(release)
-	replies := []func(*http.Request) int{
-		func(*http.Request) int { return http.StatusInternalServerError },
-		func(r *http.Request) int { // slower than the timeout: the server hangs up first
-			select {
-			case <-r.Context().Done():
-			case <-release:
-			}
-			return http.StatusOK
-		},
+	env := newTestEnv(t)
+	admin := env.addUser(t, "admin", roleAdmin)
+	token := env.tokenFor(t, admin)
+	userToken := env.tokenFor(t, env.addUser(t, "plain", roleUser))
+
+	created := env.do(t, "POST", "/api/admin/webhooks", token, map[string]any{
+		"url": "https://hooks.example.com/in", "events": []string{"user.deleted", "user.created", "user.created"}, "description": "CRM",
+	}).expect(t, http.StatusCreated).json(t)
+	secret, _ := created["secret"].(string)
+	key, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(secret, "whsec_"))
+	if !strings.HasPrefix(secret, "whsec_") || err != nil || len(key) != 32 {
+		t.Fatalf("secret %q, want whsec_ and the base64 of 32 bytes", secret)
 	}
-	env.addUser(t, "erin", roleUser)
-	for attempt, reply := range replies {
-		rc.setReply(reply)
-		if n := env.deliverWebhooks(t); n != 1 {
-			t.Fatalf("attempt %d: %d deliveries made, want 1", attempt+1, n)
+	if created["description"] != "CRM" || created["enabled"] != true || created["created_at"] == nil ||
+		strings.Join(anyStrings(created["events"]), ",") != "user.created,user.deleted" {
+		t.Errorf("created %v", created)
+	}
+	id := strconv.FormatInt(int64(created["id"].(float64)), 10)
+	path := "/api/admin/webhooks/" + id
+
+	var sealed string
+	if err := env.st.pool.QueryRow(context.Background(), "SELECT secret FROM webhooks WHERE id = $1", id).Scan(&sealed); err != nil {
+		t.Fatal(err)
+	}
+	if opened, err := env.st.sealer.open(sealed); err != nil || opened != secret || strings.Contains(sealed, secret[6:]) {
+		t.Errorf("the secret is not sealed at rest: %q", sealed)
+	}
+	for _, r := range []response{env.do(t, "GET", path, token, nil), env.do(t, "GET", "/api/admin/webhooks", token, nil)} {
+		r.expect(t, http.StatusOK)
+		if strings.Contains(string(r.body), "secret") || !strings.Contains(string(r.body), "hooks.example.com") {
+			t.Errorf("reply %s: want the webhook without its secret", r.body)
 		}
-		d := deliveries(t, env, token, id)[0]
-		if d.Status != "pending" || d.Attempts != attempt+1 || d.LastError == nil || d.NextAttemptAt == nil {
-			t.Fatalf("after attempt %d: %+v, want pending with an error", attempt+1, d)
-		}
-		if attempt == 0 && (d.LastStatus == nil || *d.LastStatus != 500) {
-			t.Fatalf("after a 500: last status %v", d.LastStatus)
-		}
-		if n := env.deliverWebhooks(t); n != 0 {
-			t.Fatalf("retried before its back-off")
-		}
-		env.clock.Advance(webhookRetryDelay(attempt + 1))
 	}
-	// Connection refused: the receiver is gone. The last attempt gives up.
-	rc.Close()
-	for attempt := len(replies) + 1; attempt <= 4; attempt++ {
-		if n := env.deliverWebhooks(t); n != 1 {
-			t.Fatalf("attempt %d: %d deliveries made, want 1", attempt, n)
-		}
-		env.clock.Advance(webhookRetryDelay(attempt))
+	if r := env.do(t, "GET", "/api/admin/webhooks", token, nil); r.header.Get("X-Total-Count") != "1" {
+		t.Errorf("list total %q, want 1", r.header.Get("X-Total-Count"))
 	}
-	d := deliveries(t, env, token, id)[0]
-	if d.Status != "failed" || d.Attempts != 4 || d.LastError == nil || !strings.Contains(*d.LastError, "refused") {
-		t.Fatalf("after the last attempt: %+v, want failed, connection refused", d)
+	updated := env.do(t, "PATCH", path, token, map[string]any{"events": []string{"*"}, "enabled": false}).expect(t, http.StatusOK).json(t)
+	if updated["enabled"] != false || strings.Join(anyStrings(updated["events"]), ",") != "*" || updated["url"] != "https://hooks.example.com/in" {
+		t.Errorf("updated %v", updated)
 	}
-	if n := env.deliverWebhooks(t); n != 0 {
-		t.Fatal("a failed delivery was tried again")
+	expectError(t, env.do(t, "POST", path+"/ping", token, nil), http.StatusConflict)
+	env.do(t, "DELETE", path, token, nil).expect(t, http.StatusOK)
+	for _, r := range []response{env.do(t, "GET", path, token, nil), env.do(t, "PATCH", path, token, map[string]any{"enabled": true}),
+		env.do(t, "DELETE", path, token, nil), env.do(t, "POST", path+"/rotate-secret", token, nil),
+		env.do(t, "POST", path+"/ping", token, nil), env.do(t, "GET", path+"/deliveries", token, nil)} {
+		expectError(t, r, http.StatusNotFound)
 	}
-	if s := rc.take(); len(s) != 2 {
-		t.Fatalf("receiver got %d requests, want 2", len(s))
+
+	var actions []string
+	rows, _ := env.st.pool.Query(context.Background(), "SELECT action FROM audit_log WHERE action LIKE 'webhook%' AND actor_id = $1 ORDER BY id", admin.ID)
+	actions, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || strings.Join(actions, ",") != "webhook_created,webhook_updated,webhook_deleted" {
+		t.Errorf("audited %v (%v), want the creation, the update and the deletion", actions, err)
 	}
+
+	for _, method := range []string{"GET", "POST"} {
+		expectError(t, env.do(t, method, "/api/admin/webhooks", userToken, map[string]any{}), http.StatusForbidden)
+	}
+	expectError(t, env.do(t, "GET", "/api/admin/webhooks/abc", token, nil), http.StatusBadRequest)
 }
 
-// The back-off grows to about a day over the default 12 attempts.
-func TestWebhookRetryDelaySpansADay(t *testing.T) {
-	var total time.Duration
-	for attempt := 1; attempt < 12; attempt++ {
-		d := webhookRetryDelay(attempt)
-		if j := jittered(d); j > d || j < d*3/4 {
-			t.Errorf("jittered(%v) = %v", d, j)
-		}
-		total += d
+func anyStrings(v any) []string {
+	var s []string
+	for _, e := range v.([]any) {
+		s = append(s, e.(string))
 	}
-	if total < 20*time.Hour || total > 30*time.Hour {
-		t.Errorf("12 attempts span %v, want about a day", total)
+	return s
+}
+
+func TestWebhookValidation(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t, func(c *config) { c.webhook.allowHTTP = false; c.webhook.allowPrivate = false })
+	token := env.tokenFor(t, env.addUser(t, "admin", roleAdmin))
+	good := "https://hooks.example.com/in"
+	for _, tc := range []struct {
+		body   any
+		fields []string
+	}{
+		{map[string]any{}, []string{"url", "events"}},
+		{map[string]any{"url": good, "events": []string{}}, []string{"events"}},
+		{map[string]any{"url": good, "events": []string{"user.nothing"}}, []string{"events"}},
+		{map[string]any{"url": good, "events": []string{"*", "user.created"}}, []string{"events"}},
+		{map[string]any{"url": good, "events": []string{"webhook.ping"}}, []string{"events"}},
+		{map[string]any{"url": good, "events": "user.created"}, []string{"events"}},
+		{map[string]any{"url": "hooks.example.com", "events": []string{"*"}}, []string{"url"}},
+		{map[string]any{"url": "https://user:pw@hooks.example.com/", "events": []string{"*"}}, []string{"url"}},
+		{map[string]any{"url": "https:///path", "events": []string{"*"}}, []string{"url"}},
+		{map[string]any{"url": "https://192.168.0.1/", "events": []string{"*"}}, []string{"url"}},
+		{map[string]any{"url": good, "events": []string{"*"}, "secret": "mine"}, []string{"secret"}},
+		{map[string]any{"url": good, "events": []string{"*"}, "description": strings.Repeat("x", 501)}, []string{"description"}},
+		{map[string]any{"url": good, "events": []string{"*"}, "enabled": nil}, []string{"enabled"}},
+	} {
+		expectError(t, env.do(t, "POST", "/api/admin/webhooks", token, tc.body), http.StatusBadRequest, tc.fields...)
+	}
+	id, _ := addWebhook(t, env, token, good, "*")
+	path := "/api/admin/webhooks/" + strconv.FormatInt(id, 10)
+	expectError(t, env.do(t, "PATCH", path, token, map[string]any{"url": "http://hooks.example.com/"}), http.StatusBadRequest, "url")
+	expectError(t, env.do(t, "PATCH", path, token, map[string]any{"events": []string{}}), http.StatusBadRequest, "events")
+	for _, q := range []string{"?status=lost", "?per_page=0", "?colour=red"} {
+		expectError(t, env.do(t, "GET", path+"/deliveries"+q, token, nil), http.StatusBadRequest)
+	}
+	expectError(t, env.do(t, "POST", path+"/deliveries/x/retry", token, nil), http.StatusBadRequest)
+	expectError(t, env.do(t, "POST", path+"/deliveries/99/retry", token, nil), http.StatusNotFound)
+}
+
+// Deliveries are listed newest first with their state; one is re-queued by retry; a ping goes
+// to its webhook alone.
+func TestWebhookDeliveriesRetryAndPing(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t, func(c *config) { c.webhook.maxAttempts = 1 })
+	token := env.tokenFor(t, env.addUser(t, "admin", roleAdmin))
+	rc, other := newReceiver(t), newReceiver(t)
+	id, secret := addWebhook(t, env, token, rc.URL, "user.created")
+	addWebhook(t, env, token, other.URL, "*")
+	path := "/api/admin/webhooks/" + strconv.FormatInt(id, 10)
+	rc.setReply(func(*http.Request) int { return http.StatusServiceUnavailable })
+	env.addUser(t, "frank", roleUser)
+	env.deliverWebhooks(t)
+	other.take()
+	list := deliveries(t, env, token, id)
+	if len(list) != 1 || list[0].Status != "failed" || list[0].Type != "user.created" || *list[0].LastStatus != 503 ||
+		list[0].NextAttemptAt != nil || !strings.HasPrefix(list[0].EventID, "evt_") || list[0].Attempts != 1 {
+		t.Fatalf("deliveries %+v, want one failed with 503", list)
+	}
+	first := rc.take()[0]
+
+	rc.setReply(nil)
+	env.do(t, "POST", path+"/deliveries/"+strconv.FormatInt(list[0].ID, 10)+"/retry", token, nil).expect(t, http.StatusAccepted)
+	if d := deliveries(t, env, token, id)[0]; d.Status != "pending" || d.Attempts != 0 {
+		t.Fatalf("after retry: %+v, want pending afresh", d)
+	}
+	env.deliverWebhooks(t)
+	again := rc.take()
+	if len(again) != 1 || again[0].header.Get("webhook-id") != first.header.Get("webhook-id") || string(again[0].body) != string(first.body) {
+		t.Fatalf("retried delivery %v, want the same event", again)
+	}
+	if d := deliveries(t, env, token, id)[0]; d.Status != "delivered" || d.DeliveredAt == nil || d.LastError != nil {
+		t.Fatalf("after the retried attempt: %+v", d)
+	}
+
+	ping := env.do(t, "POST", path+"/ping", token, nil).expect(t, http.StatusAccepted).json(t)
+	env.deliverWebhooks(t)
+	got := rc.take()
+	if len(got) != 1 || got[0].event.Type != "webhook.ping" || got[0].event.ID != ping["event_id"] || verifySignatures(t, got[0], secret) != 1 {
+		t.Fatalf("ping: %v, want one signed webhook.ping %v", got, ping["event_id"])
+	}
+	if n := len(other.take()); n != 0 {
+		t.Fatalf("the other webhook got %d requests for the ping", n)
+	}
+	if r := env.do(t, "GET", path+"/deliveries?status=delivered&per_page=1", token, nil).expect(t, http.StatusOK); r.header.Get("X-Total-Count") != "2" {
+		t.Errorf("delivered count %q, want 2", r.header.Get("X-Total-Count"))
 	}
 }
