@@ -232,6 +232,7 @@ func postEvent(ctx context.Context, cfg webhookConfig, client *http.Client, d cl
 	if err != nil {
 		return deliveryOutcome{err: err}
 	}
+	// The wall clock, not the store's: receivers compare the timestamp with their own clocks.
 	id, timestamp := eventID(d.EventID), strconv.FormatInt(time.Now().Unix(), 10)
 	signatures := make([]string, len(secrets))
 	for i, secret := range secrets {

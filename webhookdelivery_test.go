@@ -367,3 +367,36 @@ func TestWebhookRetryDelaySpansADay(t *testing.T) {
 		t.Errorf("12 attempts span %v, want about a day", total)
 	}
 }
+
+// The janitor deletes deliveries delivered more than 30 days ago, and keeps failed ones.
+func TestWebhookDeliveriesSwept(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t, func(c *config) { c.webhook.maxAttempts = 1 })
+	token := env.tokenFor(t, env.addUser(t, "admin", roleAdmin))
+	good, bad := newReceiver(t), newReceiver(t)
+	bad.setReply(func(*http.Request) int { return http.StatusGone })
+	goodID, _ := addWebhook(t, env, token, good.URL, "user.created")
+	badID, _ := addWebhook(t, env, token, bad.URL, "user.created")
+	env.addUser(t, "gina", roleUser)
+	env.deliverWebhooks(t)
+	count := func(id int64, status string) (n int) { // the tokens expire as the days pass
+		err := env.st.pool.QueryRow(context.Background(), "SELECT count(*) FROM webhook_deliveries WHERE webhook_id = $1 AND status = $2",
+			id, status).Scan(&n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for _, days := range []int{29, 2} {
+		env.clock.Advance(time.Duration(days) * 24 * time.Hour)
+		if err := env.st.deleteExpired(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if n := count(goodID, "delivered"); n != map[int]int{29: 1, 2: 0}[days] {
+			t.Errorf("after %d more days: %d delivered deliveries kept", days, n)
+		}
+	}
+	if n := count(badID, "failed"); n != 1 {
+		t.Errorf("%d failed deliveries kept, want 1", n)
+	}
+}
