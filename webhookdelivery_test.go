@@ -400,3 +400,48 @@ func TestWebhookDeliveriesSwept(t *testing.T) {
 		t.Errorf("%d failed deliveries kept, want 1", n)
 	}
 }
+
+// The real program runs the worker: an event is delivered with nothing but the server running.
+func TestWebhookRunDelivers(t *testing.T) {
+	t.Parallel()
+	env := runEnv(t)
+	env["WEBHOOK_ALLOW_HTTP"], env["WEBHOOK_ALLOW_PRIVATE"] = "true", "true"
+	base, cancel, done := startRun(t, env)
+	register := func(name string) {
+		body := `{"username": "` + name + `", "first_name": "A", "last_name": "B", "email": "` + name + `@example.com", "password": "first-password"}`
+		if s := call(t, "POST", base+"/api/auth/register", "", body, nil); s != http.StatusCreated {
+			t.Fatalf("register %s: %d", name, s)
+		}
+	}
+	register("root")
+	conn, err := pgx.Connect(context.Background(), env["DATABASE_URL"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = conn.Exec(context.Background(), "UPDATE users SET role = 'Admin' WHERE username = 'root'")
+	conn.Close(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var login struct {
+		AccessToken string `json:"access_token"`
+	}
+	if s := call(t, "POST", base+"/api/auth/login", "", `{"username": "root", "password": "first-password"}`, &login); s != http.StatusOK {
+		t.Fatalf("login: %d", s)
+	}
+	rc := newReceiver(t)
+	var created struct{ Secret string }
+	if s := call(t, "POST", base+"/api/admin/webhooks", login.AccessToken, `{"url": "`+rc.URL+`", "events": ["user.created"]}`, &created); s != http.StatusCreated {
+		t.Fatalf("create webhook: %d", s)
+	}
+	register("newcomer")
+	var got []receivedEvent
+	waitFor(t, "the event", func() bool { got = append(got, rc.take()...); return len(got) > 0 })
+	if len(got) != 1 || got[0].event.Data.User.Username != "newcomer" || verifySignatures(t, got[0], created.Secret) != 1 {
+		t.Fatalf("received %+v", got)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
