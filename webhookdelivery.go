@@ -297,11 +297,37 @@ func publicAddress(address string) error {
 	return nil
 }
 
+// internalPrefixes are ranges not public that netip has no predicate for: shared address space
+// (carrier NAT, and some clouds' metadata service at 100.100.100.200), IETF protocol
+// assignments, benchmarking, reserved and broadcast.
+var internalPrefixes = []netip.Prefix{netip.MustParsePrefix("100.64.0.0/10"), netip.MustParsePrefix("192.0.0.0/24"),
+	netip.MustParsePrefix("198.18.0.0/15"), netip.MustParsePrefix("240.0.0.0/4")}
+
+// nat64 and sixToFour are IPv6 ranges that carry an IPv4 address (NAT64 in the last 32 bits,
+// 6to4 in bits 16 to 48), which is checked in its turn, so that an internal IPv4 address
+// cannot be reached through a translator.
+var nat64, sixToFour = netip.MustParsePrefix("64:ff9b::/96"), netip.MustParsePrefix("2002::/16")
+
 // publicIP reports whether ip is none of the addresses a webhook must not reach.
 func publicIP(ip netip.Addr) bool {
 	ip = ip.Unmap()
-	return !(ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() ||
-		ip.IsInterfaceLocalMulticast() || ip.IsMulticast() || ip.IsUnspecified())
+	if ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() ||
+		ip.IsInterfaceLocalMulticast() || ip.IsMulticast() || ip.IsUnspecified() {
+		return false
+	}
+	for _, p := range internalPrefixes {
+		if p.Contains(ip) {
+			return false
+		}
+	}
+	b := ip.As16()
+	switch {
+	case nat64.Contains(ip):
+		return publicIP(netip.AddrFrom4([4]byte(b[12:16])))
+	case sixToFour.Contains(ip):
+		return publicIP(netip.AddrFrom4([4]byte(b[2:6])))
+	}
+	return true
 }
 
 // runWebhooks delivers due events until ctx is done, at most cfg.inFlight at once, each in a

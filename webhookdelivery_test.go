@@ -74,7 +74,10 @@ func TestWebhookPublicIP(t *testing.T) {
 		"127.0.0.1": false, "127.1.2.3": false, "10.0.0.1": false, "172.16.5.4": false, "192.168.1.1": false,
 		"169.254.169.254": false, "0.0.0.0": false, "::1": false, "::": false, "fe80::1": false, "fc00::1": false,
 		"::ffff:127.0.0.1": false, "::ffff:10.1.1.1": false, "224.0.0.1": false, "ff02::1": false,
-		"8.8.8.8": true, "2001:4860:4860::8888": true, "::ffff:8.8.8.8": true,
+		"100.100.100.200": false, "198.18.0.1": false, "255.255.255.255": false, "240.1.2.3": false,
+		"64:ff9b::7f00:1": false, "64:ff9b::a9fe:a9fe": false, "2002:c0a8:101::1": false, "2002:0a00:0001::": false,
+		"8.8.8.8": true, "2001:4860:4860::8888": true, "::ffff:8.8.8.8": true, "64:ff9b::808:808": true, "2002:808:808::1": true,
+		"100.63.255.255": true, "100.128.0.1": true,
 	} {
 		if got := publicIP(netip.MustParseAddr(addr)); got != want {
 			t.Errorf("publicIP(%s) = %v, want %v", addr, got, want)
