@@ -48,6 +48,13 @@ const (
 	auditMFARecoveryCodeUsed       = "mfa_recovery_code_used"
 	auditMFARecoveryCodesGenerated = "mfa_recovery_codes_regenerated"
 	auditMFAPasswordFailed         = "mfa_password_failed"
+	// Changes to webhooks (details name the webhook): none of them is an event.
+	auditWebhookCreated         = "webhook_created"
+	auditWebhookUpdated         = "webhook_updated"
+	auditWebhookDeleted         = "webhook_deleted"
+	auditWebhookSecretRotated   = "webhook_secret_rotated"
+	auditWebhookPinged          = "webhook_pinged"
+	auditWebhookDeliveryRetried = "webhook_delivery_retried"
 )
 
 // auditActions are the actions the audit log filter knows.
@@ -56,7 +63,31 @@ var auditActions = []string{auditRegister, auditAdminCreated, auditLoginSucceede
 	auditPasswordResetRequest, auditPasswordReset, auditMailNotSent, auditVerificationRequested, auditEmailVerified,
 	auditProfileUpdated, auditRoleChanged, auditActivationChanged, auditUserDeleted, auditUserCreated,
 	auditInvitationSent, auditInvitationAccepted, auditMFAEnabled, auditMFADisabled, auditMFACodeFailed,
-	auditMFACodeReused, auditMFARecoveryCodeUsed, auditMFARecoveryCodesGenerated, auditMFAPasswordFailed}
+	auditMFACodeReused, auditMFARecoveryCodeUsed, auditMFARecoveryCodesGenerated, auditMFAPasswordFailed,
+	auditWebhookCreated, auditWebhookUpdated, auditWebhookDeleted, auditWebhookSecretRotated, auditWebhookPinged,
+	auditWebhookDeliveryRetried}
+
+// webhookEvents maps the audit actions that are webhook events to their event type (published
+// in the README): an action not listed here is no event. A new action that is one is one line.
+var webhookEvents = map[string]string{
+	auditRegister:           "user.created",
+	auditAdminCreated:       "user.created",
+	auditUserCreated:        "user.created",
+	auditProfileUpdated:     "user.updated",
+	auditUserDeleted:        "user.deleted",
+	auditEmailVerified:      "user.email_verified",
+	auditPasswordChanged:    "user.password_changed",
+	auditPasswordReset:      "user.password_changed",
+	auditRoleChanged:        "user.role_changed",
+	auditActivationChanged:  "user.activation_changed",
+	auditLoginSucceeded:     "session.created",
+	auditLogout:             "session.revoked",
+	auditLogoutAll:          "session.revoked",
+	auditSessionRevoked:     "session.revoked",
+	auditRefreshTokenReused: "session.revoked",
+	auditMFAEnabled:         "mfa.enabled",
+	auditMFADisabled:        "mfa.disabled",
+}
 
 // auditEvent is one row of the audit log. A zero ActorID or TargetID means none.
 type auditEvent struct {
@@ -69,20 +100,37 @@ type auditEvent struct {
 	Details   map[string]any `json:"details" db:"details"`
 }
 
-// audit writes one event inside tx; the client address comes from the request context.
+// audit writes one event inside tx; the client address comes from the request context. An
+// action that is a webhook event is queued, in the same transaction, to every enabled webhook
+// subscribed to its type.
 func (s *store) audit(ctx context.Context, tx pgx.Tx, action string, actorID, targetID int64, details map[string]any) error {
+	_, err := s.auditRow(ctx, tx, action, actorID, targetID, details)
+	return err
+}
+
+// auditRow is audit returning the row written, whose id is the id of its event.
+func (s *store) auditRow(ctx context.Context, tx pgx.Tx, action string, actorID, targetID int64, details map[string]any) (auditEvent, error) {
 	if details == nil {
 		details = map[string]any{}
 	}
+	e := auditEvent{CreatedAt: s.now(), Action: action, IP: originOf(ctx).ip, Details: details}
+	eventType := webhookEvents[action]
+	var subscribed bool // whether any webhook wants the event: none, and no more queries are made
 	raw, err := jsonText(details)
 	if err == nil {
-		_, err = tx.Exec(ctx, `INSERT INTO audit_log (created_at, action, actor_id, target_id, ip, details)
-			VALUES ($1, $2, NULLIF($3::bigint, 0), NULLIF($4::bigint, 0), $5, $6)`, s.now(), action, actorID, targetID, originOf(ctx).ip, raw)
+		err = tx.QueryRow(ctx, `INSERT INTO audit_log (created_at, action, actor_id, target_id, ip, details)
+			VALUES ($1, $2, NULLIF($3::bigint, 0), NULLIF($4::bigint, 0), $5, $6)
+			RETURNING id, actor_id, target_id, $7::text <> '' AND EXISTS (SELECT 1 FROM webhooks
+				WHERE enabled AND events && ARRAY[$7::text, '*'])`,
+			e.CreatedAt, action, actorID, targetID, e.IP, raw, eventType).Scan(&e.ID, &e.ActorID, &e.TargetID, &subscribed)
+	}
+	if err == nil && subscribed {
+		err = s.enqueueEvent(ctx, tx, e, eventType, 0)
 	}
 	if err != nil {
-		return fmt.Errorf("audit %s: %w", action, err)
+		return e, fmt.Errorf("audit %s: %w", action, err)
 	}
-	return nil
+	return e, nil
 }
 
 // auditFailure records a failed authentication (a login, a wrong current password), which

@@ -49,6 +49,7 @@ type config struct {
 	mail                 mailConfig
 	apiDocs              bool       // serve /openapi.json, /docs and the redirect of /
 	cors                 corsPolicy // CORS_ALLOWED_ORIGINS
+	webhook              webhookConfig
 }
 
 // loadConfig reads and checks every setting, naming each bad one.
@@ -132,6 +133,14 @@ func loadConfig(getenv func(string) string) (config, error) {
 		},
 		apiDocs: getenv("API_DOCS") == "" || boolean("API_DOCS"),
 		cors:    cors,
+	}
+	cfg.webhook = webhookConfig{
+		maxAttempts:  num("WEBHOOK_MAX_ATTEMPTS", 12, 1, 100),
+		allowHTTP:    boolean("WEBHOOK_ALLOW_HTTP"),
+		allowPrivate: boolean("WEBHOOK_ALLOW_PRIVATE"),
+		timeout:      10 * time.Second,
+		pollInterval: time.Second,
+		inFlight:     16,
 	}
 	cfg.mail.publicURL = strings.TrimRight(str("PUBLIC_URL", "http://localhost"+portSuffix(cfg.addr)), "/")
 	cfg.mail.resetURL = str("PASSWORD_RESET_URL", cfg.mail.publicURL+resetPasswordPath+"{token}")

@@ -118,9 +118,12 @@ func serve(ctx context.Context, cfg config, st *store, logger *slog.Logger) erro
 	go sweepExpired(background, st, logger)
 	outboxDone := make(chan struct{})
 	go func() { runOutbox(background, cfg.mail, st, logger); close(outboxDone) }()
+	webhooksDone := make(chan struct{})
+	go func() { runWebhooks(background, cfg.webhook, st, logger); close(webhooksDone) }()
 	defer func() {
 		stopBackground()
-		<-outboxDone // a message being sent is finished before exit
+		<-outboxDone   // a message being sent is finished before exit
+		<-webhooksDone // so are the webhook deliveries in flight
 	}()
 	srv := &http.Server{
 		Handler:           newServer(cfg, st, pw, logger),

@@ -188,6 +188,9 @@ func testConfig(databaseURL string) config {
 			verifyURL:      "http://usermgmt.test/verify?token={token}",
 			inviteURL:      "http://usermgmt.test/welcome?token={token}",
 		},
+		// Test receivers are httptest servers: plain HTTP on loopback.
+		webhook: webhookConfig{maxAttempts: 3, allowHTTP: true, allowPrivate: true, timeout: 5 * time.Second,
+			pollInterval: 20 * time.Millisecond, inFlight: 4},
 	}
 }
 

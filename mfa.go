@@ -121,12 +121,12 @@ func (s *store) totpKey(ctx context.Context, tx pgx.Tx, userID int64, enabled bo
 	if err != nil {
 		return nil, fmt.Errorf("read totp secret: %w", err)
 	}
-	plain, current, err := s.sealer.openWhich(sealed)
+	plain, byPrevious, err := s.sealer.openKey(sealed)
 	if err != nil {
 		// A JWT_SECRET_KEY changed without JWT_SECRET_KEY_PREVIOUS: see the README's key rotation.
 		return nil, fmt.Errorf("totp secret of user %d: %w", userID, err)
 	}
-	if !current {
+	if byPrevious {
 		if _, err := tx.Exec(ctx, "UPDATE mfa_totp SET sealed_secret = $2 WHERE user_id = $1",
 			userID, s.sealer.seal(plain)); err != nil {
 			return nil, fmt.Errorf("reseal totp secret: %w", err)
@@ -152,8 +152,8 @@ func (s *store) resealTOTPSecrets(ctx context.Context) error {
 		return fmt.Errorf("read totp secrets: %w", err)
 	}
 	for _, sc := range secrets {
-		plain, current, err := s.sealer.openWhich(sc.Sealed)
-		if err != nil || current {
+		plain, byPrevious, err := s.sealer.openKey(sc.Sealed)
+		if err != nil || !byPrevious {
 			continue // unreadable under both keys: resealing cannot mend it
 		}
 		// Only if unchanged: a new enrolment meanwhile is sealed under the current key already.

@@ -84,6 +84,15 @@ func addRoutes(mux routeAdder, cfg config, st *store, pw *hasher, logger *slog.L
 	mux.Handle("POST /api/admin/users/{id}/invite", admin(api(handleResendInvite(cfg, st))))
 	mux.Handle("GET /api/admin/audit-log", admin(api(handleList(parseAuditFilter, st.listAudit))))
 
+	mux.Handle("POST /api/admin/webhooks", admin(api(handleCreateWebhook(cfg.webhook, st))))
+	mux.Handle("GET /api/admin/webhooks", admin(api(handleListWebhooks(st))))
+	mux.Handle("GET /api/admin/webhooks/{id}", admin(api(handleGetWebhook(st))))
+	mux.Handle("PATCH /api/admin/webhooks/{id}", admin(api(handleUpdateWebhook(cfg.webhook, st))))
+	mux.Handle("DELETE /api/admin/webhooks/{id}", admin(api(handleDeleteWebhook(st))))
+	mux.Handle("POST /api/admin/webhooks/{id}/rotate-secret", admin(api(handleRotateWebhookSecret(st))))
+	mux.Handle("POST /api/admin/webhooks/{id}/ping", admin(api(handlePingWebhook(st))))
+	mux.Handle("GET /api/admin/webhooks/{id}/deliveries", admin(api(handleListDeliveries(st))))
+	mux.Handle("POST /api/admin/webhooks/{id}/deliveries/{delivery_id}/retry", admin(api(handleRetryDelivery(st))))
 	if cfg.apiDocs {
 		mux.Handle("GET /openapi.json", handleOpenAPI())
 		mux.Handle("GET /docs", handleDocs())

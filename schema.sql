@@ -207,6 +207,44 @@ CREATE TABLE IF NOT EXISTS mfa_tokens (
 );
 CREATE INDEX IF NOT EXISTS mfa_tokens_user_idx ON mfa_tokens (user_id);
 
+-- Webhooks: endpoints that receive the account events. The secret is sealed like the outbox's
+-- tokens; after a rotation the previous one keeps signing until previous_secret_until.
+CREATE TABLE IF NOT EXISTS webhooks (
+    id                    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    url                   text        NOT NULL,
+    events                text[]      NOT NULL,
+    description           text        NOT NULL DEFAULT '',
+    enabled               boolean     NOT NULL DEFAULT true,
+    secret                text        NOT NULL,
+    previous_secret       text,
+    previous_secret_until timestamptz,
+    created_at            timestamptz NOT NULL,
+    updated_at            timestamptz NOT NULL
+);
+
+-- One row per event and endpoint, written in the transaction of the event's audit row, so
+-- that an event exists if and only if its change committed. payload is the exact body sent.
+-- A worker leases a row (leased_until) while it sends it; a lease that runs out (the instance
+-- died) makes the row due again.
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    webhook_id      bigint      NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
+    event_id        bigint      NOT NULL, -- the audit row's id
+    type            text        NOT NULL,
+    payload         text        NOT NULL,
+    status          text        NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempts        integer     NOT NULL DEFAULT 0,
+    created_at      timestamptz NOT NULL,
+    next_attempt_at timestamptz NOT NULL,
+    leased_until    timestamptz,
+    last_status     integer,
+    last_error      text,
+    delivered_at    timestamptz
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due_idx ON webhook_deliveries (next_attempt_at)
+    WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS webhook_deliveries_webhook_idx ON webhook_deliveries (webhook_id, id);
+
 -- The digest of the schema last applied: a start with the same schema.sql runs no DDL.
 CREATE TABLE IF NOT EXISTS schema_version (
     id         integer     PRIMARY KEY CHECK (id = 1),

@@ -46,13 +46,13 @@ func (s sealer) seal(plain string) string {
 var errUnsealable = errors.New("sealed token: not sealed by the current or previous key")
 
 func (s sealer) open(sealed string) (string, error) {
-	plain, _, err := s.openWhich(sealed)
+	plain, _, err := s.openKey(sealed)
 	return plain, err
 }
 
-// openWhich opens sealed and also reports whether the current key opened it: one the previous
-// key opened is to be sealed again before that key goes.
-func (s sealer) openWhich(sealed string) (plain string, current bool, err error) {
+// openKey is open, also reporting whether the previous key opened it: what is kept longer
+// than a key rotation (webhook secrets) is then sealed again under the current one.
+func (s sealer) openKey(sealed string) (plain string, byPrevious bool, err error) {
 	raw, err := base64.RawURLEncoding.DecodeString(sealed)
 	if err != nil {
 		return "", false, errUnsealable
@@ -62,7 +62,7 @@ func (s sealer) openWhich(sealed string) (plain string, current bool, err error)
 			continue
 		}
 		if plain, err := aead.Open(nil, raw[:aead.NonceSize()], raw[aead.NonceSize():], nil); err == nil {
-			return string(plain), aead == s.current, nil
+			return string(plain), aead != s.current, nil
 		}
 	}
 	return "", false, errUnsealable

@@ -381,17 +381,19 @@ func hashToken(token string) []byte {
 
 // deleteExpired removes rows that can no longer matter: spent limits and failure counts,
 // expired tokens, sessions that ended more than a day ago (with their refresh tokens), and
-// mail sent or given up more than 30 days ago. The audit log is history and stays.
+// mail sent or given up and webhook deliveries delivered more than 30 days ago. The audit log
+// is history and stays, and so do failed deliveries, for an admin to retry.
 func (s *store) deleteExpired(ctx context.Context) error {
 	now := s.now()
 	for _, sql := range []string{
-		"DELETE FROM rate_limits WHERE updated_at < $1 - interval '1 hour'",
-		"DELETE FROM login_failures WHERE updated_at < $1 - interval '1 day' AND (locked_until IS NULL OR locked_until < $1)",
+		"DELETE FROM rate_limits WHERE updated_at < $1::timestamptz - interval '1 hour'",
+		"DELETE FROM login_failures WHERE updated_at < $1::timestamptz - interval '1 day' AND (locked_until IS NULL OR locked_until < $1)",
 		"DELETE FROM password_reset_tokens WHERE expires_at < $1",
 		"DELETE FROM email_verification_tokens WHERE expires_at < $1",
 		"DELETE FROM invitation_tokens WHERE expires_at < $1",
-		"DELETE FROM mail_outbox WHERE COALESCE(sent_at, failed_at) < $1 - interval '30 days'",
-		"DELETE FROM sessions WHERE COALESCE(revoked_at, expires_at) < $1 - interval '1 day'",
+		"DELETE FROM mail_outbox WHERE COALESCE(sent_at, failed_at) < $1::timestamptz - interval '30 days'",
+		"DELETE FROM webhook_deliveries WHERE delivered_at < $1::timestamptz - interval '30 days'",
+		"DELETE FROM sessions WHERE COALESCE(revoked_at, expires_at) < $1::timestamptz - interval '1 day'",
 		"DELETE FROM refresh_tokens WHERE expires_at < $1",
 		"DELETE FROM mfa_tokens WHERE expires_at < $1",
 	} {
