@@ -20,7 +20,7 @@ import (
 
 // Metrics: counters kept in memory by each instance, and GET /metrics on METRICS_ADDR, which
 // writes them in the Prometheus text exposition format (version 0.0.4) along with gauges read
-// at scrape time (bcrypt slots, the database pool, the mail outbox, the Go runtime). Every label
+// at scrape time (bcrypt slots, the database pool, the mail outbox and webhook deliveries, the Go runtime). Every label
 // value comes from a fixed set (route patterns, methods, status classes, outcomes), never from
 // the request's path or body, so a client cannot make the series grow without bound.
 
@@ -132,7 +132,7 @@ func handleMetrics(st *store, pw *hasher) http.Handler {
 		st.metrics.write(e)
 		writeBcrypt(e, pw)
 		writePool(e, st)
-		writeOutbox(r.Context(), e, st)
+		writeQueues(r.Context(), e, st)
 		writeRuntime(e)
 		_ = out.Flush()
 	})
@@ -241,13 +241,13 @@ func writePool(e *exposition, st *store) {
 	e.single("usermgmt_db_pool_wait_seconds_total", "counter", "Time acquires spent waiting for a connection.", s.EmptyAcquireWaitTime().Seconds())
 }
 
-// writeOutbox counts the mail waiting to be sent and the mail given up on, with one query on
-// indexed columns, bounded by a short timeout so that a scrape never hangs on a database that
-// does not answer; usermgmt_database_up says whether it did.
-func writeOutbox(ctx context.Context, e *exposition, st *store) {
+// writeQueues counts the mail and the webhook deliveries waiting to be sent and those given up
+// on, with one query, bounded by a short timeout so that a scrape never hangs on a database
+// that does not answer; usermgmt_database_up says whether it did.
+func writeQueues(ctx context.Context, e *exposition, st *store) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	pending, failed, err := st.outboxCounts(ctx)
+	q, err := st.queueCounts(ctx)
 	up := 1.0
 	if err != nil {
 		up = 0
@@ -256,19 +256,29 @@ func writeOutbox(ctx context.Context, e *exposition, st *store) {
 	if err != nil {
 		return
 	}
-	e.single("usermgmt_mail_outbox_pending", "gauge", "Messages in the outbox waiting to be sent (due or retrying).", float64(pending))
-	e.single("usermgmt_mail_outbox_failed", "gauge", "Messages given up on after MAIL_MAX_ATTEMPTS (kept 30 days).", float64(failed))
+	e.single("usermgmt_mail_outbox_pending", "gauge", "Messages in the outbox waiting to be sent (due or retrying).", float64(q.mailPending))
+	e.single("usermgmt_mail_outbox_failed", "gauge", "Messages given up on after MAIL_MAX_ATTEMPTS (kept 30 days).", float64(q.mailFailed))
+	e.single("usermgmt_webhook_deliveries_pending", "gauge", "Webhook deliveries waiting to be sent (due or retrying).", float64(q.webhooksPending))
+	e.single("usermgmt_webhook_deliveries_failed", "gauge", "Webhook deliveries given up on after WEBHOOK_MAX_ATTEMPTS (kept until retried or deleted).", float64(q.webhooksFailed))
 }
 
-// outboxCounts returns the number of messages waiting to be sent and of those given up on.
-func (s *store) outboxCounts(ctx context.Context) (pending, failed int64, err error) {
-	err = s.pool.QueryRow(ctx, `SELECT
+// queueCounts is how much mail and how many webhook deliveries wait, and how many were given up on.
+type queueCounts struct {
+	mailPending, mailFailed, webhooksPending, webhooksFailed int64
+}
+
+func (s *store) queueCounts(ctx context.Context) (queueCounts, error) {
+	var q queueCounts
+	err := s.pool.QueryRow(ctx, `SELECT
 			(SELECT count(*) FROM mail_outbox WHERE sent_at IS NULL AND failed_at IS NULL),
-			(SELECT count(*) FROM mail_outbox WHERE failed_at IS NOT NULL)`).Scan(&pending, &failed)
+			(SELECT count(*) FROM mail_outbox WHERE failed_at IS NOT NULL),
+			(SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'),
+			(SELECT count(*) FROM webhook_deliveries WHERE status = 'failed')`).
+		Scan(&q.mailPending, &q.mailFailed, &q.webhooksPending, &q.webhooksFailed)
 	if err != nil {
-		return 0, 0, fmt.Errorf("outbox counts: %w", err)
+		return queueCounts{}, fmt.Errorf("queue counts: %w", err)
 	}
-	return pending, failed, nil
+	return q, nil
 }
 
 func writeRuntime(e *exposition) {

@@ -87,6 +87,15 @@ func TestMetricsCountRequestsLoginsAndState(t *testing.T) {
 	env.do(t, "GET", "/no/such/path/secret-token-value", "", nil).expect(t, 404)
 	req, _ := http.NewRequest("BREW", env.server.URL+"/api/users/me", nil)
 	send(t, req)
+	// Webhook deliveries: one waiting, two given up on, one delivered.
+	if _, err := env.st.pool.Exec(context.Background(), `WITH hook AS (
+			INSERT INTO webhooks (url, events, secret, created_at, updated_at)
+			VALUES ('https://hooks.example.com/', '{*}', 'sealed', now(), now()) RETURNING id)
+		INSERT INTO webhook_deliveries (webhook_id, event_id, type, payload, status, created_at, next_attempt_at)
+		SELECT hook.id, 1, 'user.created', '{}', status, now(), now() FROM hook,
+			unnest(ARRAY['pending', 'failed', 'failed', 'delivered']) AS status`); err != nil {
+		t.Fatal(err)
+	}
 
 	got := scrape(t, env.st, env.pw)
 	checks := []struct {
@@ -109,6 +118,8 @@ func TestMetricsCountRequestsLoginsAndState(t *testing.T) {
 		{"usermgmt_database_up", nil, 1},
 		{"usermgmt_mail_outbox_pending", nil, 2},
 		{"usermgmt_mail_outbox_failed", nil, 0},
+		{"usermgmt_webhook_deliveries_pending", nil, 1},
+		{"usermgmt_webhook_deliveries_failed", nil, 2},
 		{"usermgmt_bcrypt_slots", nil, float64(env.cfg.bcryptConcurrency)},
 		{"usermgmt_bcrypt_slots_in_use", nil, 0},
 		{"usermgmt_bcrypt_waiting", nil, 0},
