@@ -24,8 +24,8 @@ type createUserRequest struct {
 }
 
 // valid applies the rules of registration; without a password the user is invited to choose
-// one. Role, when given, becomes its canonical spelling.
-func (r *createUserRequest) valid(passwordMinLength int, common commonPasswords) map[string]string {
+// one.
+func (r createUserRequest) valid(passwordMinLength int, common commonPasswords) map[string]string {
 	password := ""
 	if r.Password != nil {
 		password = *r.Password
@@ -35,11 +35,9 @@ func (r *createUserRequest) valid(passwordMinLength int, common commonPasswords)
 		delete(problems, "password")
 	}
 	if r.Role != nil {
-		role, ok := parseRole(*r.Role)
-		if !ok {
+		if _, ok := parseRole(*r.Role); !ok {
 			problems["role"] = "must be Admin or User"
 		}
-		r.Role = &role
 	}
 	return problems
 }
@@ -55,7 +53,7 @@ func handleCreateUser(cfg config, st *store, pw *hasher) apiFunc {
 		}
 		role := roleUser
 		if req.Role != nil {
-			role = *req.Role
+			role, _ = parseRole(*req.Role) // valid: spelled as stored
 		}
 		hash := "" // no password: an invitation
 		if req.Password != nil {
@@ -93,16 +91,10 @@ func handleAcceptInvite(cfg config, st *store, pw *hasher) apiFunc {
 		if err != nil {
 			return err
 		}
-		if err := invalidFields(check(map[string]string{}, "new_password", passwordProblem(req.NewPassword, cfg.passwordMinLength))); err != nil {
+		if err := invalidFields(req.valid(cfg.passwordMinLength)); err != nil {
 			return err
 		}
-		u, err := st.acceptInvitation(r.Context(), r.PathValue("token"), func(u user) (string, error) {
-			problems := checkGuessable(map[string]string{}, "new_password", req.NewPassword, cfg.commonPasswords, u.Username, u.Email)
-			if err := invalidFields(problems); err != nil {
-				return "", err
-			}
-			return pw.hash(r.Context(), req.NewPassword)
-		})
+		u, err := st.acceptInvitation(r.Context(), r.PathValue("token"), req.hashFor(r.Context(), cfg, pw))
 		if err != nil {
 			return err
 		}

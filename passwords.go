@@ -213,8 +213,25 @@ func handlePasswordResetRequest(cfg config, st *store) apiFunc {
 	}
 }
 
+// newPasswordRequest sets a password with a mailed token: a reset, or an invitation accepted.
 type newPasswordRequest struct {
 	NewPassword string `json:"new_password"`
+}
+
+func (r newPasswordRequest) valid(passwordMinLength int) map[string]string {
+	return check(map[string]string{}, "new_password", passwordProblem(r.NewPassword, passwordMinLength))
+}
+
+// hashFor is what the store calls once the token names its user: the new password is refused if
+// it is guessable for that user, and hashed otherwise.
+func (r newPasswordRequest) hashFor(ctx context.Context, cfg config, pw *hasher) func(user) (string, error) {
+	return func(u user) (string, error) {
+		problems := checkGuessable(map[string]string{}, "new_password", r.NewPassword, cfg.commonPasswords, u.Username, u.Email)
+		if err := invalidFields(problems); err != nil {
+			return "", err
+		}
+		return pw.hash(ctx, r.NewPassword)
+	}
 }
 
 func handleResetPassword(cfg config, st *store, pw *hasher) apiFunc {
@@ -223,16 +240,10 @@ func handleResetPassword(cfg config, st *store, pw *hasher) apiFunc {
 		if err != nil {
 			return err
 		}
-		if err := invalidFields(check(map[string]string{}, "new_password", passwordProblem(req.NewPassword, cfg.passwordMinLength))); err != nil {
+		if err := invalidFields(req.valid(cfg.passwordMinLength)); err != nil {
 			return err
 		}
-		err = st.resetPassword(r.Context(), r.PathValue("token"), func(u user) (string, error) {
-			problems := checkGuessable(map[string]string{}, "new_password", req.NewPassword, cfg.commonPasswords, u.Username, u.Email)
-			if err := invalidFields(problems); err != nil {
-				return "", err
-			}
-			return pw.hash(r.Context(), req.NewPassword)
-		})
+		err = st.resetPassword(r.Context(), r.PathValue("token"), req.hashFor(r.Context(), cfg, pw))
 		if err != nil {
 			return err
 		}
