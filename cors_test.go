@@ -114,7 +114,7 @@ func TestCORSPreflight(t *testing.T) {
 		"/api/users/7":             "DELETE, GET, PATCH, PUT",
 		"/api/users/me/sessions/3": "DELETE",
 		"/api/auth/login":          "POST",
-		"/api/admin/users":         "GET",
+		"/api/admin/users":         "GET, POST",
 		"/healthz":                 "GET",
 	}
 	for _, route := range allRoutes(t, env) {
