@@ -293,7 +293,8 @@ func TestContractCatchesUndescribedReplies(t *testing.T) {
 	t.Parallel()
 	c := loadContract(t)
 	user := `{"id":2,"username":"alice","first_name":"Alice","last_name":"Liddell","email":"alice@example.com","role":"User",` +
-		`"is_active":true,"email_verified":false,"created_at":"2026-11-26T12:02:45.87691Z","updated_at":"2026-11-26T12:02:45.87691Z"}`
+		`"is_active":true,"email_verified":false,"mfa_enabled":false,"created_at":"2026-11-26T12:02:45.87691Z","updated_at":"2026-11-26T12:02:45.87691Z",` +
+		`"invited":false,"user_metadata":{},"app_metadata":{}}`
 	login := `{"username":"alice","password":"` + testPassword + `"}`
 	pair := `{"access_token":"a","token_type":"Bearer","expires_in":3600,"refresh_token":"r"}`
 	cases := []struct {
