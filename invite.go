@@ -87,14 +87,11 @@ func handleResendInvite(cfg config, st *store) apiFunc {
 
 func handleAcceptInvite(cfg config, st *store, pw *hasher) apiFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		req, err := decode[newPasswordRequest](w, r)
+		hashFor, err := decodeNewPassword(w, r, cfg, pw)
 		if err != nil {
 			return err
 		}
-		if err := invalidFields(req.valid(cfg.passwordMinLength)); err != nil {
-			return err
-		}
-		u, err := st.acceptInvitation(r.Context(), r.PathValue("token"), req.hashFor(r.Context(), cfg, pw))
+		u, err := st.acceptInvitation(r.Context(), r.PathValue("token"), hashFor)
 		if err != nil {
 			return err
 		}

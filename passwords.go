@@ -218,32 +218,34 @@ type newPasswordRequest struct {
 	NewPassword string `json:"new_password"`
 }
 
-func (r newPasswordRequest) valid(passwordMinLength int) map[string]string {
-	return check(map[string]string{}, "new_password", passwordProblem(r.NewPassword, passwordMinLength))
-}
-
-// hashFor is what the store calls once the token names its user: the new password is refused if
+// decodeNewPassword reads a newPasswordRequest and checks the rules that need no user, and
+// returns what the store calls once the token names its user: the new password is refused if
 // it is guessable for that user, and hashed otherwise.
-func (r newPasswordRequest) hashFor(ctx context.Context, cfg config, pw *hasher) func(user) (string, error) {
+func decodeNewPassword(w http.ResponseWriter, r *http.Request, cfg config, pw *hasher) (func(user) (string, error), error) {
+	req, err := decode[newPasswordRequest](w, r)
+	if err != nil {
+		return nil, err
+	}
+	problems := check(map[string]string{}, "new_password", passwordProblem(req.NewPassword, cfg.passwordMinLength))
+	if err := invalidFields(problems); err != nil {
+		return nil, err
+	}
 	return func(u user) (string, error) {
-		problems := checkGuessable(map[string]string{}, "new_password", r.NewPassword, cfg.commonPasswords, u.Username, u.Email)
+		problems := checkGuessable(map[string]string{}, "new_password", req.NewPassword, cfg.commonPasswords, u.Username, u.Email)
 		if err := invalidFields(problems); err != nil {
 			return "", err
 		}
-		return pw.hash(ctx, r.NewPassword)
-	}
+		return pw.hash(r.Context(), req.NewPassword)
+	}, nil
 }
 
 func handleResetPassword(cfg config, st *store, pw *hasher) apiFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		req, err := decode[newPasswordRequest](w, r)
+		hashFor, err := decodeNewPassword(w, r, cfg, pw)
 		if err != nil {
 			return err
 		}
-		if err := invalidFields(req.valid(cfg.passwordMinLength)); err != nil {
-			return err
-		}
-		err = st.resetPassword(r.Context(), r.PathValue("token"), req.hashFor(r.Context(), cfg, pw))
+		err = st.resetPassword(r.Context(), r.PathValue("token"), hashFor)
 		if err != nil {
 			return err
 		}
