@@ -76,6 +76,7 @@ var webhookEvents = map[string]string{
 	auditProfileUpdated:     "user.updated",
 	auditUserDeleted:        "user.deleted",
 	auditEmailVerified:      "user.email_verified",
+	auditInvitationAccepted: "user.email_verified", // the invitation proved the address
 	auditPasswordChanged:    "user.password_changed",
 	auditPasswordReset:      "user.password_changed",
 	auditRoleChanged:        "user.role_changed",

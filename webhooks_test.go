@@ -203,6 +203,22 @@ func TestWebhookEventsFireOncePerChange(t *testing.T) {
 				t.Errorf("user %+v, want inactive", e.event.Data.User)
 			}
 		}},
+		{"invite", func(t *testing.T) {
+			env.do(t, "POST", "/api/admin/users", adminToken, map[string]string{
+				"username": "dana", "first_name": "Dana", "last_name": "Invited", "email": "dana@example.com",
+			}).expect(t, http.StatusCreated)
+		}, []string{"user.created"}, func(t *testing.T, e receivedEvent) {
+			if !e.event.Data.User.Invited || *e.event.Data.ActorID != admin.ID {
+				t.Errorf("event %s, want an invited user, by the admin", e.body)
+			}
+		}},
+		{"accept invitation", func(t *testing.T) {
+			env.acceptInvite(t, inviteToken(t, env, "dana@example.com"), "dana-chose-this-1").expect(t, http.StatusOK)
+		}, []string{"user.email_verified", "session.created"}, func(t *testing.T, e receivedEvent) {
+			if u := e.event.Data.User; u.Invited || !u.EmailVerified {
+				t.Errorf("user %+v, want the invitation accepted and the address verified", u)
+			}
+		}},
 		{"delete", func(t *testing.T) {
 			env.do(t, "DELETE", "/api/users/"+strconv.FormatInt(bob.ID, 10), adminToken, nil).expect(t, http.StatusOK)
 		}, []string{"user.deleted"}, func(t *testing.T, e receivedEvent) {
