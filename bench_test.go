@@ -1,6 +1,8 @@
 package main
 
 import (
+	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -27,12 +29,13 @@ func BenchmarkVerifyJWT(b *testing.B) {
 }
 
 // BenchmarkAuthenticatedRequest serves GET /api/users/me through newServer's whole handler
-// (middleware, routing, token check, the database query, JSON) on a real database, without
-// the socket: what the server spends on one authenticated read.
+// (middleware, routing, token check, the database query, JSON, the request log line in the
+// production format) on a real database, without the socket and without the tests' contract
+// check: what the server spends on one authenticated read.
 func BenchmarkAuthenticatedRequest(b *testing.B) {
 	env := newTestEnv(b)
 	token := env.tokenFor(b, env.addUser(b, "alice", roleUser))
-	handler := env.server.Config.Handler
+	handler := newServer(env.cfg, env.st, env.pw, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	req := httptest.NewRequest("GET", "/api/users/me", nil)
 	req.Header.Set("Authorization", "Bearer "+token)
 	b.ReportAllocs()
@@ -44,6 +47,28 @@ func BenchmarkAuthenticatedRequest(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkRequestLog is logRequests around a handler that does nothing: the request id, the
+// status recorder, the metrics and the log line in the production format.
+func BenchmarkRequestLog(b *testing.B) {
+	handler := logRequests(slog.New(slog.NewTextHandler(io.Discard, nil)), newMetrics(),
+		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) }))
+	req := httptest.NewRequest("GET", "/api/users/me", nil)
+	w := discardWriter{header: http.Header{}}
+	b.ReportAllocs()
+	for b.Loop() {
+		handler.ServeHTTP(w, req)
+		clear(w.header)
+	}
+}
+
+// discardWriter is a ResponseWriter that keeps nothing but its header map, reused between
+// requests, as net/http reuses a connection's.
+type discardWriter struct{ header http.Header }
+
+func (w discardWriter) Header() http.Header         { return w.header }
+func (w discardWriter) Write(b []byte) (int, error) { return len(b), nil }
+func (w discardWriter) WriteHeader(int)             {}
 
 // BenchmarkBcryptCompare checks one password against its bcrypt hash at the cost the server
 // runs with (BCRYPT_COST, default 12). Its time per op t gives the bound of login and

@@ -7,8 +7,11 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"hash"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -24,7 +27,8 @@ var (
 type signingKey struct {
 	id     string
 	secret []byte
-	header string // the encoded header of tokens signed with this key
+	header string     // the encoded header of tokens signed with this key
+	macs   *sync.Pool // of *macState keyed with the secret: no key schedule or allocation per token
 }
 
 func newSigningKey(secret []byte) signingKey {
@@ -32,7 +36,37 @@ func newSigningKey(secret []byte) signingKey {
 	sum := sha256.Sum256(secret)
 	id := hex.EncodeToString(sum[:8])
 	header, _ := json.Marshal(map[string]string{"alg": "HS256", "typ": "JWT", "kid": id})
-	return signingKey{id: id, secret: secret, header: base64.RawURLEncoding.EncodeToString(header)}
+	macs := &sync.Pool{New: func() any { return &macState{mac: hmac.New(sha256.New, secret)} }}
+	return signingKey{id: id, secret: secret, header: base64.RawURLEncoding.EncodeToString(header), macs: macs}
+}
+
+// macState is an HMAC-SHA256 of one key with the buffers verifying a token needs, reused
+// between tokens.
+type macState struct {
+	mac     hash.Hash
+	input   []byte // the signing input, copied: hash.Hash.Write takes bytes
+	sum     [sha256.Size]byte
+	encoded [signatureLen]byte // sum in base64url
+	claims  []byte             // the decoded claims segment
+}
+
+// signatureLen is the length of an HS256 signature in unpadded base64url.
+const signatureLen = (sha256.Size*8 + 5) / 6
+
+// encodedMAC computes the HS256 signature of signingInput into m.encoded.
+func (m *macState) encodedMAC(signingInput string) []byte {
+	m.input = append(m.input[:0], signingInput...)
+	m.mac.Reset()
+	m.mac.Write(m.input)
+	base64.RawURLEncoding.Encode(m.encoded[:], m.mac.Sum(m.sum[:0]))
+	return m.encoded[:]
+}
+
+// signature returns the encoded HS256 signature of signingInput under k.
+func (k signingKey) signature(signingInput string) string {
+	m := k.macs.Get().(*macState)
+	defer k.macs.Put(m)
+	return string(m.encodedMAC(signingInput))
 }
 
 // keySet signs with the current key and also accepts tokens of the previous one, so that the
@@ -61,15 +95,15 @@ type tokenClaims struct {
 	Version   int64    `json:"ver"`
 	Session   int64    `json:"sid"`
 	AMR       []string `json:"amr,omitempty"`
+	subjectID int64    // Subject as a number, set by verifyToken; 0 when it is not one
 }
 
 // userID returns the numeric user id held in the subject claim.
 func (c tokenClaims) userID() (int64, error) {
-	id, err := strconv.ParseInt(c.Subject, 10, 64)
-	if err != nil || id <= 0 {
+	if c.subjectID <= 0 {
 		return 0, errTokenInvalid
 	}
-	return id, nil
+	return c.subjectID, nil
 }
 
 // signToken returns an access token for the user's session, valid for ttl from now, naming
@@ -84,7 +118,7 @@ func signToken(keys keySet, userID, version, sessionID int64, now time.Time, ttl
 		AMR:       amr,
 	})
 	signingInput := keys.current.header + "." + base64.RawURLEncoding.EncodeToString(claims)
-	return signingInput + "." + base64.RawURLEncoding.EncodeToString(mac(keys.current.secret, signingInput))
+	return signingInput + "." + keys.current.signature(signingInput)
 }
 
 // verifyToken checks the token's structure, algorithm, key, signature and expiry, and returns
@@ -105,14 +139,17 @@ func verifyToken(keys keySet, token string, now time.Time) (tokenClaims, error) 
 	if !ok {
 		return claims, errTokenInvalid
 	}
+	m := key.macs.Get().(*macState)
+	defer key.macs.Put(m)
 	// The signature is compared in its encoded form: base64 decoding would accept variants
 	// (other trailing bits, line breaks) of one signature, so a token would not be unique.
-	// hmac.Equal compares in constant time, so the MAC cannot be guessed byte by byte.
-	wantMAC := base64.RawURLEncoding.EncodeToString(mac(key.secret, token[:len(header)+1+len(payload)]))
-	if !hmac.Equal([]byte(signature), []byte(wantMAC)) {
+	// hmac.Equal compares in constant time, so the MAC cannot be guessed byte by byte (the
+	// length it checks first is public).
+	var got [signatureLen]byte
+	if len(signature) != signatureLen || !hmac.Equal(got[:copy(got[:], signature)], m.encodedMAC(token[:len(header)+1+len(payload)])) {
 		return claims, errTokenInvalid
 	}
-	if err := decodeSegment(payload, &claims); err != nil || claims.ExpiresAt == 0 {
+	if !m.decodeClaims(payload, &claims) || claims.ExpiresAt == 0 {
 		return claims, errTokenInvalid
 	}
 	if now.Unix() >= claims.ExpiresAt {
@@ -151,8 +188,90 @@ func decodeSegment(segment string, v any) error {
 	return json.Unmarshal(raw, v)
 }
 
-func mac(secret []byte, signingInput string) []byte {
-	h := hmac.New(sha256.New, secret)
-	h.Write([]byte(signingInput))
-	return h.Sum(nil)
+// decodeClaims decodes a signed claims segment into c, reading the layout signToken writes
+// without reflection (readSignedClaims), and any other JSON with encoding/json.
+func (m *macState) decodeClaims(segment string, c *tokenClaims) bool {
+	m.input = append(m.input[:0], segment...)
+	n := base64.RawURLEncoding.DecodedLen(len(segment))
+	m.claims = slices.Grow(m.claims[:0], n)[:n]
+	n, err := base64.RawURLEncoding.Decode(m.claims, m.input)
+	if err != nil {
+		return false
+	}
+	if readSignedClaims(m.claims[:n], c) {
+		return true
+	}
+	*c = tokenClaims{}
+	if json.Unmarshal(m.claims[:n], c) != nil {
+		return false
+	}
+	c.subjectID, _ = strconv.ParseInt(c.Subject, 10, 64)
+	return true
+}
+
+// readSignedClaims reads claims in exactly the layout signToken writes (json.Marshal of
+// tokenClaims: its fields in order, no spaces, "sub" a positive number in a string, "amr" one of
+// the sessions' method lists) into c, and reports whether b had it; anything else is left to
+// encoding/json. It yields what json.Unmarshal would for every b it accepts (FuzzSignedClaims).
+func readSignedClaims(b []byte, c *tokenClaims) bool {
+	r := claimsReader{b: b}
+	ok := r.literal(`{"sub":"`) && r.number(&c.subjectID) && c.subjectID > 0 && r.literal(`","iat":`) &&
+		r.number(&c.IssuedAt) && r.literal(`,"exp":`) && r.number(&c.ExpiresAt) && r.literal(`,"ver":`) &&
+		r.number(&c.Version) && r.literal(`,"sid":`) && r.number(&c.Session)
+	if !ok {
+		return false
+	}
+	switch {
+	case r.literal(`}`):
+		c.AMR = nil
+	case r.literal(`,"amr":["pwd"]}`):
+		c.AMR = amrPassword
+	case r.literal(`,"amr":["pwd","totp"]}`):
+		c.AMR = amrTOTP
+	case r.literal(`,"amr":["pwd","recovery"]}`):
+		c.AMR = amrRecovery
+	default:
+		return false
+	}
+	if len(r.b) != 0 {
+		return false
+	}
+	c.Subject = strconv.FormatInt(c.subjectID, 10)
+	return true
+}
+
+// claimsReader consumes a claims segment from its front.
+type claimsReader struct{ b []byte }
+
+func (r *claimsReader) literal(s string) bool {
+	if len(r.b) < len(s) || string(r.b[:len(s)]) != s {
+		return false
+	}
+	r.b = r.b[len(s):]
+	return true
+}
+
+// number reads a JSON integer that fits an int64, without leading zeros.
+func (r *claimsReader) number(v *int64) bool {
+	i, negative := 0, len(r.b) > 0 && r.b[0] == '-'
+	if negative {
+		i++
+	}
+	start := i
+	var n uint64
+	for ; i < len(r.b) && r.b[i] >= '0' && r.b[i] <= '9'; i++ {
+		if n > (1<<63)/10 {
+			return false
+		}
+		n = n*10 + uint64(r.b[i]-'0')
+	}
+	if i == start || r.b[start] == '0' && i > start+1 || n > 1<<63 || !negative && n == 1<<63 {
+		return false
+	}
+	*v = int64(n)
+	if negative {
+		*v = -int64(n)
+	}
+	r.b = r.b[i:]
+	return true
 }

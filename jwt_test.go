@@ -9,8 +9,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -83,7 +85,7 @@ func TestJWTRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatalf("verifyToken: %v", err)
 	}
-	want := tokenClaims{Subject: "42", IssuedAt: jwtTestNow.Unix(), ExpiresAt: jwtTestNow.Add(time.Hour).Unix(), Version: 7}
+	want := tokenClaims{Subject: "42", IssuedAt: jwtTestNow.Unix(), ExpiresAt: jwtTestNow.Add(time.Hour).Unix(), Version: 7, subjectID: 42}
 	if !reflect.DeepEqual(claims, want) {
 		t.Errorf("claims = %+v, want %+v", claims, want)
 	}
@@ -333,6 +335,62 @@ func TestJWTExpiredDeletedDeactivated(t *testing.T) {
 	jwtAuthReply(t, env.do(t, "GET", "/api/users/me", aliceToken, nil), jwtExpired)
 	// A fresh token works again: only the old one expired.
 	env.do(t, "GET", "/api/users/me", env.tokenFor(t, alice), nil).expect(t, http.StatusOK)
+}
+
+// TestSignedClaimsReadWithoutReflection: the claims of every token signToken makes, whatever
+// its numbers and methods, are read by readSignedClaims, into what encoding/json reads.
+func TestSignedClaimsReadWithoutReflection(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		user, version, session int64
+		amr                    []string
+	}{
+		{1, 0, 0, nil}, {42, 7, 3, amrPassword}, {9, 1, 10, amrTOTP}, {12345, 99, 678, amrRecovery},
+		{math.MaxInt64, math.MaxInt64, math.MaxInt64, amrTOTP},
+	} {
+		token := signToken(jwtTestKeys, c.user, c.version, c.session, jwtTestNow, time.Hour, c.amr...)
+		raw, _ := base64.RawURLEncoding.DecodeString(strings.Split(token, ".")[1])
+		var fast, slow tokenClaims
+		if !readSignedClaims(raw, &fast) {
+			t.Errorf("readSignedClaims refused %s", raw)
+			continue
+		}
+		if err := json.Unmarshal(raw, &slow); err != nil {
+			t.Fatal(err)
+		}
+		slow.subjectID = c.user
+		if !reflect.DeepEqual(fast, slow) {
+			t.Errorf("readSignedClaims(%s) = %+v, encoding/json gives %+v", raw, fast, slow)
+		}
+	}
+}
+
+// FuzzSignedClaims: whatever readSignedClaims accepts, encoding/json reads the same claims
+// from, so that the fast path changes no token's meaning.
+func FuzzSignedClaims(f *testing.F) {
+	for _, seed := range []string{
+		`{"sub":"42","iat":1900000000,"exp":1900003600,"ver":7,"sid":3,"amr":["pwd","totp"]}`,
+		`{"sub":"1","iat":-5,"exp":0,"ver":-9223372036854775808,"sid":9223372036854775807}`,
+		`{"sub":"042","iat":1,"exp":2,"ver":3,"sid":4}`,
+		`{"sub":"7","iat":1,"exp":2,"ver":3,"sid":4,"amr":["pwd"]} `,
+		`{"sub":"7","iat":1,"exp":2,"ver":3,"sid":9223372036854775808}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var fast tokenClaims
+		if !readSignedClaims(b, &fast) {
+			return
+		}
+		var slow tokenClaims
+		if err := json.Unmarshal(b, &slow); err != nil {
+			t.Fatalf("readSignedClaims accepted %q, which encoding/json refuses: %v", b, err)
+		}
+		slow.subjectID, _ = strconv.ParseInt(slow.Subject, 10, 64)
+		if !reflect.DeepEqual(fast, slow) {
+			t.Fatalf("readSignedClaims(%q) = %+v, encoding/json gives %+v", b, fast, slow)
+		}
+	})
 }
 
 func FuzzVerifyToken(f *testing.F) {
