@@ -1,26 +1,35 @@
 #!/usr/bin/env bash
-# bench/run.sh: the load tests of `make bench` (issue 5). `make bench` prepares PostgreSQL and
-# .env (scripts/setup.sh) and builds ./usermgmt first, then runs this script, which:
+# bench/run.sh: the load tests of `make bench` (issue 15). Every target is a ratio to a figure
+# measured in the same run, on the same machine and database: absolute figures on a shared
+# 2-core machine swing twofold from day to day, ratios much less. `make bench` prepares
+# PostgreSQL and .env (scripts/setup.sh) and builds ./usermgmt first, then this script:
 #   1. installs the pinned load generators (bench/install.sh: wrk from Debian, vegeta from the
-#      Go module proxy into bench/.bin);
+#      Go module proxy into bench/.bin) and builds bench/baseline and bench/idle there;
 #   2. runs the Go benchmarks (bench_test.go); BenchmarkBcryptCompare, run again just before
 #      login and register, gives their bcrypt bound: cores / time of one comparison at cost 12;
 #   3. creates a fresh database usermgmt_bench, lets the server apply the schema, seeds 100,000
-#      users with set-based SQL (bench/seed.sql) and starts the server with production settings;
-#   4. runs each scenario of issue 5 for BENCH_DURATION after a BENCH_WARMUP, prints one table
-#      and writes it, with the machine, versions and exact commands, to bench/results.md.
-# The server is stopped, background load killed and the bench database dropped on any exit.
+#      users with set-based SQL (bench/seed.sql) and starts the server with production settings,
+#      and the baseline (bench/baseline: net/http and a pgx pool of the same size, no
+#      authentication, no logging) on the same database;
+#   4. runs each scenario against the baseline and the service with the same load generator
+#      settings, after a BENCH_WARMUP, for BENCH_DURATION each;
+#   5. grows the database to BENCH_USERS users with as many sessions (bench/grow.sql) and runs
+#      the scale scenarios;
+#   6. prints the table and adds it, with the machine, its load and the exact commands, to
+#      bench/results.md (one section per run, the newest first).
+# The servers are stopped, background load killed and the bench database dropped on any exit.
 # Nothing fails on a missed target; the table says pass or miss.
 #
 # Settings (environment):
 #   BENCH_DURATION=10s     measured time of each scenario (seconds: 10s, 30s, 1m)
 #   BENCH_WARMUP=2s        warm-up before each scenario, not measured
-#   BENCH_USERS=100000     seeded users
-#   BENCH_RATE=2000        fixed rate of the /api/users/me latency runs (scenarios 1 and 3), req/s
-#   BENCH_ADMIN_RATE=20    fixed rate of the admin list runs (scenario 5), req/s
+#   BENCH_USERS=1000000    users (and sessions) of the scale scenarios; at most 100,000 skips them
+#   BENCH_RATE=2000        fixed rate of the /api/users/me latency runs, req/s
+#   BENCH_ADMIN_RATE=20    fixed rate of the admin list runs, req/s
+#   BENCH_IDLE=10000       keep-alive connections held open in the idle scenario
 #   BENCH_KEEP_DB=1        keep usermgmt_bench after the run, to look at it
 #   BENCH_PPROF=127.0.0.1:6061  serve the server's profiles there and save an execution trace of
-#                          scenario 3 to bench/out/isolation.trace (go tool trace)
+#                          the login flood scenario to bench/out/isolation.trace (go tool trace)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,7 +50,9 @@ seconds() { # seconds 10s|2m|15: the number of seconds, for arithmetic and for t
 duration=$(seconds "${BENCH_DURATION:-10s}")
 pprof=${BENCH_PPROF:-}
 warmup=$(seconds "${BENCH_WARMUP:-2s}")
-users=${BENCH_USERS:-100000}
+scale_users=${BENCH_USERS:-1000000}
+users=$((scale_users < 100000 ? scale_users : 100000)) # the users of every scenario but the scale ones
+idle_connections=${BENCH_IDLE:-10000}
 refresh_tokens=1024 # seeded refresh sessions, shared out between wrk's threads (scenario 4)
 rate=${BENCH_RATE:-2000}
 admin_rate=${BENCH_ADMIN_RATE:-20}
@@ -61,9 +72,13 @@ out=bench/out
 results=bench/results.md
 bin=./usermgmt
 vegeta=bench/.bin/vegeta
+baseline_bin=bench/.bin/baseline
+idle_bin=bench/.bin/idle
 
 [ -x "$bin" ] || die "$bin is missing: run \`make bench\`, which builds it"
 bench/install.sh
+"${GO:-go}" build -o "$baseline_bin" ./bench/baseline
+"${GO:-go}" build -o "$idle_bin" ./bench/idle
 mkdir -p "$out"
 rm -f "$out"/*
 
@@ -78,10 +93,14 @@ url_base=${admin_url%%\?*}
 bench_url="${url_base%/*}/$bench_db${admin_url#"$url_base"}"
 
 server_pid=
+baseline_pid=
 flood_pid=
+idle_pid=
 cleanup() {
   local status=$?
   [ -z "$flood_pid" ] || kill "$flood_pid" 2>/dev/null || true
+  [ -z "$idle_pid" ] || kill "$idle_pid" 2>/dev/null || true
+  [ -z "$baseline_pid" ] || kill "$baseline_pid" 2>/dev/null || true
   stop_server
   if [ -z "${BENCH_KEEP_DB:-}" ]; then
     psql "$admin_url" -qc "DROP DATABASE IF EXISTS $bench_db WITH (FORCE)" >/dev/null 2>&1 ||
@@ -116,6 +135,22 @@ start_server() {
   die "the server was not ready in 30 s: $(tail -n 5 "$log_file")"
 }
 
+# start_baseline starts bench/baseline on the bench database; it sets baseline_pid and
+# baseline_addr.
+start_baseline() {
+  local log_file=$out/baseline.log deadline
+  env -i PATH="$PATH" DATABASE_URL="$bench_url" ADDR=127.0.0.1:0 "$baseline_bin" >"$log_file" 2>&1 &
+  baseline_pid=$!
+  deadline=$(($(now_ms) + 30000))
+  while [ "$(now_ms)" -lt "$deadline" ]; do
+    kill -0 "$baseline_pid" 2>/dev/null || die "the baseline exited: $(tail -n 5 "$log_file")"
+    baseline_addr=$(sed -n 's/.*msg=listening addr=\([^ ]*\).*/\1/p' "$log_file")
+    [ -z "$baseline_addr" ] || return 0
+    sleep 0.005
+  done
+  die "the baseline did not start in 30 s: $(tail -n 5 "$log_file")"
+}
+
 stop_server() {
   [ -n "$server_pid" ] || return 0
   kill -TERM "$server_pid" 2>/dev/null || true
@@ -144,7 +179,8 @@ record() {
   local cmd=$1
   cmd=${cmd//"$user_token"/\$USER_TOKEN}
   cmd=${cmd//"$admin_token"/\$ADMIN_TOKEN}
-  commands+=("${cmd//"$addr"/\$SERVER}")
+  cmd=${cmd//"$addr"/\$SERVER}
+  commands+=("${cmd//"$baseline_addr"/\$BASELINE}")
 }
 
 # wrk_run ROW DURATION WRK-ARGS...: runs wrk, keeps its output and, with a ROW, its figures
@@ -233,6 +269,7 @@ time_bcrypt() {
   bcrypt_times+=("before $1 $bcrypt_ms ms ($bound req/s)")
 }
 
+
 # --- database ---------------------------------------------------------------------------
 log "creating $bench_db"
 psql "$admin_url" -v ON_ERROR_STOP=1 -qc "DROP DATABASE IF EXISTS $bench_db WITH (FORCE)" -c "CREATE DATABASE $bench_db" >/dev/null
@@ -245,11 +282,13 @@ psql "$bench_url" -q -v users="$users" -v sessions="$refresh_tokens" -v hash="$p
 seed_ms=$(($(now_ms) - seed_start))
 log "seeded in $seed_ms ms"
 
-start_server bench # on the existing schema: this start is the one scenario 7 reports
+start_server bench # on the existing schema: this start is the one the start-up row reports
+start_baseline
 sleep 1
 rss_idle_kb=$(rss_kb VmRSS)
-log "server ready in $ready_ms ms at $addr, RSS $((rss_idle_kb / 1024)) MB"
+log "server ready in $ready_ms ms at $addr, RSS $((rss_idle_kb / 1024)) MB; baseline at $baseline_addr"
 base=http://$addr
+baseline=http://$baseline_addr
 
 token_of() { # token_of USERNAME: logs in through the API
   curl -fsS -H 'Content-Type: application/json' -d "{\"username\":\"$1\",\"password\":\"$password\"}" \
@@ -257,32 +296,51 @@ token_of() { # token_of USERNAME: logs in through the API
 }
 user_token=$(token_of user000001)
 admin_token=$(token_of benchadmin)
+user_id=$(psql "$bench_url" -Atc "SELECT id FROM users WHERE username = 'user000001'")
+first_session=$(psql "$bench_url" -Atc "SELECT min(id) FROM sessions")
 
 # --- scenarios -----------------------------------------------------------------------------
 me=$base/api/users/me
+baseline_get=$baseline/users/$user_id
 run_id=$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')
 
-log "1. GET /api/users/me: wrk, $connections connections"
-me_wrk=(-t "$threads" -c "$connections" --latency -s bench/wrk/me.lua -H "Authorization: Bearer $user_token" "$me")
-wrk_run "" "$warmup" "${me_wrk[@]}"
-wrk_run 1a "$duration" "${me_wrk[@]}"
+# me_wrk ROW URL [TOKEN]: GET URL with wrk, $connections connections, after a warm-up.
+me_wrk() {
+  local args=(-t "$threads" -c "$connections" --latency -s bench/wrk/me.lua)
+  [ -z "${3:-}" ] || args+=(-H "Authorization: Bearer $3")
+  wrk_run "" "$warmup" "${args[@]}" "$2"
+  wrk_run "$1" "$duration" "${args[@]}" "$2"
+}
+# me_rate ROW URL [TOKEN]: GET URL with vegeta at $rate req/s, after a warm-up.
+me_rate() {
+  vegeta_run "" "$warmup" "$rate" "$2" "${3:-}"
+  vegeta_run "$1" "$duration" "$rate" "$2" "${3:-}"
+}
 
-log "1. GET /api/users/me: vegeta at $rate req/s"
-vegeta_run "" "$warmup" "$rate" "$me" "$user_token"
-vegeta_run 1b "$duration" "$rate" "$me" "$user_token"
+log "1. GET /api/users/me and the baseline's GET: wrk, $connections connections (baseline before and after)"
+me_wrk 1b "$baseline_get"
+me_wrk 1 "$me" "$user_token"
+me_wrk 1c "$baseline_get"
+RPS[1base]=$(awk -v a="${RPS[1b]}" -v b="${RPS[1c]}" 'BEGIN { printf "%.1f", (a + b) / 2 }')
 
-time_bcrypt login
-login_bound=$bound
-log "2. POST /api/auth/login: wrk, $login_connections connections"
-login_wrk=(-t "$threads" -c "$login_connections" --timeout 30s -s bench/wrk/login.lua "$base/api/auth/login" --)
+log "2. GET /api/users/me and the baseline's GET: vegeta at $rate req/s"
+me_rate 2b "$baseline_get"
+me_rate 2 "$me" "$user_token"
+
+log "3. POST /api/auth/refresh and the baseline's POST: wrk, $connections connections"
 set_window
-wrk_run 2 "$window_secs" "${login_wrk[@]}" "$window_from" "$window_to" "$password" "$users"
+wrk_run 3b "$window_secs" -t "$threads" -c "$connections" --timeout 10s -s bench/wrk/baseline-refresh.lua "$baseline/refresh" -- \
+  "$window_from" "$window_to" "$first_session" "$refresh_tokens" "$threads"
+set_window
+wrk_run 3 "$window_secs" -t "$threads" -c "$connections" --timeout 10s -s bench/wrk/refresh.lua "$base/api/auth/refresh" -- \
+  "$window_from" "$window_to" "$refresh_tokens" "$threads"
 
-log "3. isolation: GET /api/users/me at $rate req/s during a login flood"
+log "4. isolation: GET /api/users/me at $rate req/s during a login flood"
+login_wrk=(-t "$threads" -c "$login_connections" --timeout 30s -s bench/wrk/login.lua "$base/api/auth/login" --)
 flood_secs=$((warmup + duration + 2))
 flood_wrk=(-d "${flood_secs}s" "${login_wrk[@]}" 0 0 "$password" "$users") # 0 0: no counting window
 record "wrk $(quote "${flood_wrk[@]}") &"
-wrk "${flood_wrk[@]}" >"$out/wrk-3-flood.txt" 2>&1 &
+wrk "${flood_wrk[@]}" >"$out/wrk-4-flood.txt" 2>&1 &
 flood_pid=$!
 sleep 1 # let the flood fill the cores
 vegeta_run "" "$warmup" "$rate" "$me" "$user_token"
@@ -291,126 +349,190 @@ if [ -n "$pprof" ]; then # an execution trace of the measured part: go tool trac
   curl -fs -o "$out/isolation.trace" "http://$pprof/debug/pprof/trace?seconds=$((duration - 1))" &
   trace_pid=$!
 fi
-vegeta_run 3 "$duration" "$rate" "$me" "$user_token"
+vegeta_run 4 "$duration" "$rate" "$me" "$user_token"
 wait "$flood_pid" || true
 [ -z "$trace_pid" ] || wait "$trace_pid" || log "no trace: $pprof did not answer"
 flood_pid=
 
-log "4. POST /api/auth/refresh: wrk, $connections connections"
+log "5. POST /api/auth/login: wrk, $login_connections connections"
+time_bcrypt login
+login_bound=$bound
 set_window
-wrk_run 4 "$window_secs" -t "$threads" -c "$connections" --timeout 10s -s bench/wrk/refresh.lua "$base/api/auth/refresh" -- \
-  "$window_from" "$window_to" "$refresh_tokens" "$threads"
-
-log "5. GET /api/admin/users at $admin_rate req/s"
-declare -A admin_urls=(
-  [5a]="$base/api/admin/users?page=1&per_page=50"
-  [5b]="$base/api/admin/users?page=1000&per_page=50"
-  [5c]="$base/api/admin/users?q=user04242" # 10 of the seeded users, in username and email
-)
-for row in 5a 5b 5c; do
-  vegeta_run "" "$warmup" "$admin_rate" "${admin_urls[$row]}" "$admin_token"
-  vegeta_run "$row" "$duration" "$admin_rate" "${admin_urls[$row]}" "$admin_token"
-done
+wrk_run 5 "$window_secs" "${login_wrk[@]}" "$window_from" "$window_to" "$password" "$users"
 
 time_bcrypt register
 register_bound=$bound
-log "6. POST /api/auth/register: wrk, $login_connections connections"
+log "5. POST /api/auth/register: wrk, $login_connections connections"
 register_wrk=(-t "$threads" -c "$login_connections" --timeout 30s -s bench/wrk/register.lua "$base/api/auth/register" --)
 set_window
-wrk_run 6 "$window_secs" "${register_wrk[@]}" "$window_from" "$window_to" "$run_id" "$password"
+wrk_run 5r "$window_secs" "${register_wrk[@]}" "$window_from" "$window_to" "$run_id" "$password"
+
+log "6. $idle_connections idle keep-alive connections, and GET /api/users/me at $rate req/s beside them"
+idle_rss_before_kb=$(rss_kb VmRSS)
+record "$idle_bin -addr \$SERVER -n $idle_connections &"
+"$idle_bin" -addr "$addr" -n "$idle_connections" >"$out/idle.txt" 2>&1 &
+idle_pid=$!
+deadline=$(($(now_ms) + 120000))
+until grep -q '^ready' "$out/idle.txt"; do
+  kill -0 "$idle_pid" 2>/dev/null || die "the idle connections failed: $(tail -n 3 "$out/idle.txt")"
+  [ "$(now_ms)" -lt "$deadline" ] || die "the idle connections were not open in 120 s"
+  sleep 0.1
+done
+me_rate 6 "$me" "$user_token"
+idle_rss_kb=$(rss_kb VmRSS)
+idle_peak_kb=$(rss_kb VmHWM)
+idle_goroutine_kb=$(awk -v a="$idle_rss_kb" -v b="$idle_rss_before_kb" -v n="$idle_connections" 'BEGIN { printf "%.1f", (a - b) / n }')
+kill "$idle_pid" 2>/dev/null || true
+wait "$idle_pid" 2>/dev/null || true
+idle_pid=
+
+scaled=
+if [ "$scale_users" -gt "$users" ]; then
+  log "7. scale: growing to $scale_users users and $scale_users sessions"
+  grow_start=$(now_ms)
+  psql "$bench_url" -q -v from="$users" -v users="$scale_users" -v hash="$password_hash" -f bench/grow.sql >/dev/null
+  grow_ms=$(($(now_ms) - grow_start))
+  log "grown in $grow_ms ms"
+  me_wrk 7b "$baseline_get"
+  me_wrk 7 "$me" "$user_token"
+  declare -A admin_urls=(
+    [7p1]="$base/api/admin/users?page=1&per_page=50"
+    [7p10k]="$base/api/admin/users?page=10000&per_page=50"
+    [7q]="$base/api/admin/users?q=user04242" # 10 of the seeded users, in username and email
+  )
+  for row in 7p1 7p10k 7q; do
+    vegeta_run "" "$warmup" "$admin_rate" "${admin_urls[$row]}" "$admin_token"
+    vegeta_run "$row" "$duration" "$admin_rate" "${admin_urls[$row]}" "$admin_token"
+  done
+  scaled=1
+fi
 
 rss_peak_kb=$(rss_kb VmHWM)
 stop_server
+kill "$baseline_pid" 2>/dev/null || true
+baseline_pid=
 binary_bytes=$(stat -c %s "$bin")
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- the table -----------------------------------------------------------------------------
 verdict() { awk "BEGIN { exit !($1) }" 2>/dev/null && echo pass || echo miss; } # a missing figure is a miss
-ratio() { awk -v r="$1" -v b="$2" 'BEGIN { printf "%.0f", 100 * r / b }'; }
+percent() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", (b > 0 ? 100 * a / b : 0) }'; }
+times() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (b > 0 ? a / b : 0) }'; }
 rows=()
-row() { # row SCENARIO ROW TARGET MEASURED VERDICT: a table line with ROW's figures
-  local r=$2
-  rows+=("| $1 | ${RPS[$r]:--} | ${P50[$r]:--} | ${P99[$r]:--} | ${MAX[$r]:--} | ${ERRORS[$r]:--} | $3 | $4 | $5 |")
+# row SCENARIO RATIO TARGET VERDICT ROW [BASELINE-ROW]: a table line, the ratio first, then
+# ROW's figures and its baseline's.
+row() {
+  local r=$5 b=${6:-}
+  local base_rps=${b:+${RPS[$b]:--}} base_p99=${b:+${P99[$b]:--}}
+  rows+=("| $1 | **$2** | $3 | $4 | ${RPS[$r]:--} | ${base_rps:--} | ${P50[$r]:--} | ${P99[$r]:--} | ${base_p99:--} | ${ERRORS[$r]:--} |")
 }
-row "1. GET /api/users/me, wrk 64 conn." 1a ">= 10,000 req/s" "${RPS[1a]} req/s" "$(verdict "${RPS[1a]} >= 10000")"
-row "1. GET /api/users/me, vegeta $rate/s" 1b "p99 <= 5 ms" "${P99[1b]} ms" "$(verdict "${P99[1b]} <= 5 && ${ERRORS[1b]} == 0")"
-login_pct=$(ratio "${RPS[2]}" "$login_bound")
-row "2. POST /api/auth/login, wrk $login_connections conn." 2 ">= 90 % of bound ($login_bound/s)" "$login_pct %" "$(verdict "$login_pct >= 90")"
-iso=$(awk -v a="${P99[3]}" -v b="${P99[1b]}" 'BEGIN { printf "%.1f", (b > 0 ? a / b : 0) }')
-row "3. /api/users/me $rate/s during login flood" 3 "p99 <= 3x quiet (${P99[1b]} ms), 0 errors" "${iso}x, ${ERRORS[3]} errors" \
-  "$(verdict "$iso <= 3 && ${ERRORS[3]} == 0")"
-row "4. POST /api/auth/refresh, wrk $connections conn." 4 ">= 3,000 req/s" "${RPS[4]} req/s" "$(verdict "${RPS[4]} >= 3000 && ${ERRORS[4]} == 0")"
-row "5. admin list page 1 (per_page=50), $admin_rate/s" 5a "p50 <= 10 ms" "${P50[5a]} ms" "$(verdict "${P50[5a]} <= 10 && ${ERRORS[5a]} == 0")"
-row "5. admin list page 1000 (per_page=50), $admin_rate/s" 5b "p50 <= 10 ms" "${P50[5b]} ms" "$(verdict "${P50[5b]} <= 10 && ${ERRORS[5b]} == 0")"
-row "5. admin list q=user04242, $admin_rate/s" 5c "p50 <= 20 ms" "${P50[5c]} ms" "$(verdict "${P50[5c]} <= 20 && ${ERRORS[5c]} == 0")"
-register_pct=$(ratio "${RPS[6]}" "$register_bound")
-row "6. POST /api/auth/register, wrk $login_connections conn." 6 ">= 90 % of bound ($register_bound/s)" "$register_pct %" "$(verdict "$register_pct >= 90")"
-mb() { awk -v kb="$1" 'BEGIN { printf "%.1f", kb / 1024 }'; }
-rows+=("| 7. server RSS idle | | | | | | <= 30 MB | $(mb "$rss_idle_kb") MB | $(verdict "$rss_idle_kb <= 30 * 1024") |")
-rows+=("| 7. server RSS peak (VmHWM) | | | | | | <= 150 MB | $(mb "$rss_peak_kb") MB | $(verdict "$rss_peak_kb <= 150 * 1024") |")
-rows+=("| 7. start to ready (/healthz 200), existing schema | | | | | | <= 200 ms | $ready_ms ms | $(verdict "$ready_ms <= 200") |")
-rows+=("| 7. binary size | | | | | | | $(awk -v b="$binary_bytes" 'BEGIN { printf "%.1f", b / 1048576 }') MB | |")
+me_pct=$(percent "${RPS[1]}" "${RPS[1base]}")
+row "GET /api/users/me, wrk $connections conn. (baseline: mean of the runs before and after)" "$me_pct %" ">= 90 % of the baseline" \
+  "$(verdict "$me_pct >= 90 && ${ERRORS[1]} == 0")" 1 1base
+me_p99=$(times "${P99[2]}" "${P99[2b]}")
+row "GET /api/users/me, vegeta $rate/s" "${me_p99}x p99" "p99 <= 2x the baseline's" "$(verdict "$me_p99 <= 2 && ${ERRORS[2]} == 0")" 2 2b
+refresh_pct=$(percent "${RPS[3]}" "${RPS[3b]}")
+row "POST /api/auth/refresh, wrk $connections conn." "$refresh_pct %" ">= 80 % of the baseline's POST" \
+  "$(verdict "$refresh_pct >= 80 && ${ERRORS[3]} == 0")" 3 3b
+iso=$(times "${P99[4]}" "${P99[2]}")
+row "GET /api/users/me $rate/s during a login flood (vs the quiet run above)" "${iso}x p99" "p99 <= 3x quiet, 0 errors" \
+  "$(verdict "$iso <= 3 && ${ERRORS[4]} == 0")" 4
+login_pct=$(percent "${RPS[5]}" "$login_bound")
+row "POST /api/auth/login, wrk $login_connections conn. (bound $login_bound/s)" "$login_pct %" ">= 95 % of the bcrypt bound" \
+  "$(verdict "$login_pct >= 95 && ${ERRORS[5]} == 0")" 5
+register_pct=$(percent "${RPS[5r]}" "$register_bound")
+row "POST /api/auth/register, wrk $login_connections conn. (bound $register_bound/s)" "$register_pct %" ">= 95 % of the bcrypt bound" \
+  "$(verdict "$register_pct >= 95 && ${ERRORS[5r]} == 0")" 5r
+mb() { awk -v kb="$1" 'BEGIN { printf "%.0f", kb / 1024 }'; }
+idle_p99=$(times "${P99[6]}" "${P99[2]}")
+row "GET /api/users/me $rate/s beside $idle_connections idle keep-alive connections (vs the quiet run)" "${idle_p99}x p99" \
+  "p99 unchanged within 2x" "$(verdict "$idle_p99 <= 2 && ${ERRORS[6]} == 0")" 6
+rows+=("| server RSS with $idle_connections idle connections (VmRSS after the run above; peak $(mb "$idle_peak_kb") MB) | **$(mb "$idle_rss_kb") MB** | <= 200 MB | $(verdict "$idle_rss_kb <= 200 * 1024") | | | | | | |")
+if [ -n "$scaled" ]; then
+  scale_pct=$(percent "${RPS[7]}" "${RPS[1]}")
+  base_drift=$(percent "${RPS[7b]}" "${RPS[1base]}")
+  row "GET /api/users/me at $scale_users users and sessions, wrk $connections conn. (vs $users users; the baseline moved to $base_drift %)" \
+    "$scale_pct %" "within 10 % (>= 90 %)" "$(verdict "$scale_pct >= 90 && ${ERRORS[7]} == 0")" 7 7b
+  row "admin list page 1 (per_page=50) at $scale_users users, $admin_rate/s" "${P50[7p1]} ms p50" "p50 <= 20 ms" \
+    "$(verdict "${P50[7p1]} <= 20 && ${ERRORS[7p1]} == 0")" 7p1
+  row "admin list page 10,000 (per_page=50) at $scale_users users, $admin_rate/s" "${P50[7p10k]} ms p50" "p50 <= 20 ms" \
+    "$(verdict "${P50[7p10k]} <= 20 && ${ERRORS[7p10k]} == 0")" 7p10k
+  row "admin list q=user04242 at $scale_users users, $admin_rate/s" "${P50[7q]} ms p50" "p50 <= 20 ms" \
+    "$(verdict "${P50[7q]} <= 20 && ${ERRORS[7q]} == 0")" 7q
+else
+  rows+=("| scale: $scale_users users is not above $users (BENCH_USERS=1000000 runs it) | | | not run | | | | | | |")
+fi
+
+context=(
+  "server RSS idle $(mb "$rss_idle_kb") MB, peak (VmHWM) $(mb "$rss_peak_kb") MB; about $idle_goroutine_kb kB per idle connection"
+  "start to ready (/healthz 200) on the existing schema: $ready_ms ms; binary $(awk -v b="$binary_bytes" 'BEGIN { printf "%.1f", b / 1048576 }') MB"
+)
 
 table=$(
-  echo "| scenario | req/s | p50 ms | p99 ms | max ms | errors | target | measured | result |"
-  echo "|---|---|---|---|---|---|---|---|---|"
+  echo "| scenario | ratio | target | result | req/s | baseline req/s | p50 ms | p99 ms | baseline p99 ms | errors |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
   printf '%s\n' "${rows[@]}"
 )
 echo
 echo "$table"
+printf -- '- %s\n' "${context[@]}"
 echo
 
 # --- results.md ----------------------------------------------------------------------------
 pg_version=$(psql "$admin_url" -Atc 'SHOW server_version')
-{
-  echo "# usermgmt benchmark results"
-  echo
-  echo "Written by \`make bench\` (bench/run.sh) on $(date -u '+%Y-%m-%d %H:%M UTC')."
+run_section=$(
+  echo "## $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
   echo "- CPU: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), $cores cores" \
-    "(server, PostgreSQL and load generators share them)"
+    "(server, baseline, PostgreSQL and load generators share them)"
   echo "- memory: $(awk '/^MemTotal/ { printf "%.1f GB", $2 / 1048576 }' /proc/meminfo); kernel $(uname -r)"
-  echo "- load average (1, 5, 15 min) at start: $load_start; at end: $load_end"
+  echo "- load average (1, 5, 15 min) before: $load_start; after: $load_end"
   echo "- $("${GO:-go}" version | cut -d' ' -f3-); PostgreSQL $pg_version; wrk $(dpkg-query -W -f='${Version}' wrk);" \
-    "vegeta $(cat bench/.bin/vegeta.version)"
-  echo "- server: ./usermgmt with its defaults but BCRYPT_COST=$bcrypt_cost, MAIL_BACKEND=log, a random" \
-    "JWT_SECRET_KEY and TRUSTED_PROXIES=127.0.0.1/32; request logging on (to a file); GOMAXPROCS=$cores + BCRYPT_CONCURRENCY (set by the server)." \
-    "The wrk scripts of the authentication endpoints give each request its own X-Forwarded-For" \
-    "address, so the per-address rate limit (AUTH_RATE_LIMIT, on) is paid on every request without" \
-    "one address's limit throttling the benchmark"
-  echo "- data: $users seeded users plus one admin (seeded in $seed_ms ms); every scenario runs" \
-    "${duration}s after a ${warmup}s warm-up; $refresh_tokens seeded refresh sessions for scenario 4"
-  echo "- bcrypt at cost $bcrypt_cost: one comparison, timed in-process by BenchmarkBcryptCompare, took" \
-    "$(printf '%s; ' "${bcrypt_times[@]}" | sed 's/; $//'); the bound of login and register is" \
-    "$cores cores / that time, taken just before each of them"
+    "vegeta $(cat bench/.bin/vegeta.version); commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' with changes')"
+  echo "- data: $users seeded users plus one admin (seeded in $seed_ms ms), $refresh_tokens refresh sessions;" \
+    "${scaled:+grown to $scale_users users and sessions in ${grow_ms:-} ms for the scale rows;} every scenario ran" \
+    "${duration}s after a ${warmup}s warm-up"
+  echo "- bcrypt at cost $bcrypt_cost, one comparison: $(printf '%s; ' "${bcrypt_times[@]}" | sed 's/; $//')"
   echo
   echo "$table"
   echo
-  echo "req/s: wrk rows are completed requests per second (closed loop); vegeta rows are successful"
-  echo "replies per second at a fixed offered rate (open loop). errors: non-2xx replies and socket"
-  echo "errors. The login flood of scenario 3 itself ran at" \
-    "$(awk '/^Requests\/sec:/ { print $2 }' "$out/wrk-3-flood.txt") logins/s over its ${flood_secs}s."
+  printf -- '- %s\n' "${context[@]}"
   echo
-  echo "## Go benchmarks"
+  echo "<details><summary>Go benchmarks and commands</summary>"
   echo
   echo '```'
   echo "\$ $go_bench_cmd"
   grep -E '^(Benchmark|goos|goarch|cpu|ok|PASS|FAIL)' "$out/go-bench.txt"
   echo '```'
   echo
-  echo "## Commands"
-  echo
-  echo "\$SERVER is the server's address, \$USER_TOKEN the access token of user000001 and"
-  echo "\$ADMIN_TOKEN that of benchadmin, both from POST /api/auth/login. Each vegeta and wrk /me"
-  echo "command ran once for ${warmup}s first, as a warm-up (the scenario 3 flood ran alongside both of"
-  echo "its vegeta runs). The login, refresh and register runs warm up within the run: their scripts count"
-  echo "only the replies between the two Unix times that follow --, ${duration}s apart (bench/wrk/report.lua)."
+  echo "\$SERVER is the service, \$BASELINE bench/baseline; \$USER_TOKEN and \$ADMIN_TOKEN are the"
+  echo "access tokens of user000001 and benchadmin. Each /me command ran once for ${warmup}s first as a"
+  echo "warm-up; the refresh, login and register scripts count only the replies between the two Unix"
+  echo "times after --, ${duration}s apart (bench/wrk/report.lua)."
   echo
   echo '```'
   echo "env -i DATABASE_URL=.../$bench_db JWT_SECRET_KEY=<random> BCRYPT_COST=$bcrypt_cost MAIL_BACKEND=log TRUSTED_PROXIES=127.0.0.1/32 ADDR=127.0.0.1:0 ./usermgmt -env-file="
+  echo "env -i DATABASE_URL=.../$bench_db ADDR=127.0.0.1:0 $baseline_bin"
   echo "psql .../$bench_db -v users=$users -v sessions=$refresh_tokens -v hash='<bcrypt of $password>' -f bench/seed.sql"
-  echo "$bcrypt_cmd   # before scenarios 2 and 6"
+  [ -z "$scaled" ] || echo "psql .../$bench_db -v from=$users -v users=$scale_users -v hash='<bcrypt of $password>' -f bench/grow.sql"
+  echo "$bcrypt_cmd   # before login and register"
   printf '%s\n' "${commands[@]}"
   echo '```'
+  echo
+  echo "</details>"
+)
+previous=
+[ ! -f "$results" ] || previous=$(sed -n '/^## /,$p' "$results")
+{
+  echo "# usermgmt benchmark results"
+  echo
+  echo "One section per \`make bench\` run, the newest first (bench/run.sh writes them). Ratios compare"
+  echo "figures of the same run; absolute figures are context and move with the machine's day."
+  echo
+  echo "$run_section"
+  if [ -n "$previous" ]; then
+    echo
+    echo "$previous"
+  fi
 } >"$results"
 log "wrote $results; raw outputs in $out/"
