@@ -184,10 +184,13 @@ func serveAPI(logger *slog.Logger) func(apiFunc) http.Handler {
 
 // writeJSON writes v as the JSON response body with the given status.
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
+	w.Header()["Content-Type"] = jsonContentType
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v) // the client hung up; nothing useful can be done
 }
+
+// jsonContentType is the Content-Type of JSON replies, made once (see secureHeaderValues).
+var jsonContentType = []string{"application/json"}
 
 // message is the origin project's reply shape: {"message": ...}.
 type message struct {

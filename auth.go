@@ -189,8 +189,6 @@ func openSession(ctx context.Context, cfg config, st *store, u user, key, rehash
 	return newTokenResponse(cfg, st, u, sessionID, amr, refreshToken), nil
 }
 
-type principalKey struct{}
-
 // principal is who an authenticated request acts as: the user and the session of its token,
 // and how that session was authenticated.
 type principal struct {
@@ -202,16 +200,23 @@ type principal struct {
 	needsMFA bool
 }
 
+// principalOf returns who the request acts as, as requireAuth found it; none before or
+// without requireAuth.
+func principalOf(ctx context.Context) principal {
+	if s := stateOf(ctx); s != nil {
+		return s.principal
+	}
+	return principal{}
+}
+
 // currentUser returns the user requireAuth authenticated.
 func currentUser(ctx context.Context) user {
-	p, _ := ctx.Value(principalKey{}).(principal)
-	return p.user
+	return principalOf(ctx).user
 }
 
 // currentSession returns the session of the request's access token.
 func currentSession(ctx context.Context) int64 {
-	p, _ := ctx.Value(principalKey{}).(principal)
-	return p.sessionID
+	return principalOf(ctx).sessionID
 }
 
 var errAdminNeedsMFA = fail(errForbidden, "Admin routes require two-factor login")
@@ -219,14 +224,13 @@ var errAdminNeedsMFA = fail(errForbidden, "Admin routes require two-factor login
 // adminNeedsMFA reports whether the request's session may not use admin powers for want of a
 // second factor (ADMIN_REQUIRE_MFA).
 func adminNeedsMFA(ctx context.Context) bool {
-	p, _ := ctx.Value(principalKey{}).(principal)
-	return p.needsMFA
+	return principalOf(ctx).needsMFA
 }
 
 // currentAMR returns how the session of the request's access token was authenticated; a
 // token from before sessions recorded it was a password login.
 func currentAMR(ctx context.Context) []string {
-	p, _ := ctx.Value(principalKey{}).(principal)
+	p := principalOf(ctx)
 	if len(p.amr) == 0 {
 		return amrPassword
 	}
@@ -243,7 +247,13 @@ func requireAuth(cfg config, st *store, logger *slog.Logger) func(http.Handler) 
 				writeError(w, r, logger, err)
 				return
 			}
-			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
+			s := stateOf(r.Context())
+			if s == nil { // outside withRequestState, as some tests serve a handler
+				s = &requestState{}
+				r = r.WithContext(context.WithValue(r.Context(), requestStateKey{}, s))
+			}
+			s.principal = p
+			next.ServeHTTP(w, r)
 		})
 	}
 }

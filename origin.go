@@ -20,25 +20,18 @@ type origin struct {
 // network is what limits and lockouts count the client by (see clientNetwork).
 func (o origin) network() string { return clientNetwork(o.ip) }
 
-type originKey struct{}
-
+// originOf returns the client of the request, as withRequestState recorded it.
 func originOf(ctx context.Context) origin {
-	o, _ := ctx.Value(originKey{}).(origin)
-	return o
-}
-
-// withOrigin records the client of each request. X-Forwarded-For is believed only when the
-// socket peer is one of the trusted proxies; otherwise any client could claim any address and
-// walk around the limits.
-func withOrigin(trusted []netip.Prefix, next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		o := origin{ip: clientIP(r, trusted), userAgent: storableText(r.UserAgent(), 512)}
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), originKey{}, o)))
-	})
+	if s := stateOf(ctx); s != nil {
+		return s.origin
+	}
+	return origin{}
 }
 
 // clientIP is the socket peer, or, when that peer is a trusted proxy, the right-most address
 // of X-Forwarded-For that is not itself a trusted proxy (the left part is client-supplied).
+// X-Forwarded-For is believed only from trusted proxies; otherwise any client could claim any
+// address and walk around the limits.
 func clientIP(r *http.Request, trusted []netip.Prefix) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {

@@ -11,8 +11,8 @@ import (
 func newServer(cfg config, st *store, pw *hasher, logger *slog.Logger) http.Handler {
 	mux := &methodsMux{ServeMux: http.NewServeMux()}
 	addRoutes(mux, cfg, st, pw, logger)
-	return withDeadline(withOrigin(cfg.trustedProxies, logRequests(logger, st.metrics, secureHeaders(
-		withCORS(cfg.cors, mux.ServeMux, mux.methods, jsonMuxErrors(mux.ServeMux))))))
+	return withRequestState(cfg.trustedProxies, logRequests(logger, st.metrics, secureHeaders(
+		withCORS(cfg.cors, mux.ServeMux, mux.methods, jsonMuxErrors(mux.ServeMux)))))
 }
 
 // methodsMux is a mux that remembers the methods of its routes, which CORS preflights ask for,

@@ -255,7 +255,8 @@ func TestLogoutOfAnEndedSession(t *testing.T) {
 				t.Fatal(err)
 			}
 			req := httptest.NewRequest("POST", "/api/auth/logout", nil)
-			req = req.WithContext(context.WithValue(req.Context(), principalKey{}, principal{user: u, sessionID: claims.Session}))
+			state := &requestState{principal: principal{user: u, sessionID: claims.Session}}
+			req = req.WithContext(context.WithValue(req.Context(), requestStateKey{}, state))
 			w := httptest.NewRecorder()
 			serveAPI(logger)(handleLogout(env.st)).ServeHTTP(w, req)
 			if w.Code != http.StatusOK || !strings.Contains(w.Body.String(), "Logged out") {

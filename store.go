@@ -123,8 +123,10 @@ var userFields = []struct {
 	{"created_at", func(u *user) any { return &u.CreatedAt }},
 	{"updated_at", func(u *user) any { return &u.UpdatedAt }},
 	{"password_hash = ''", func(u *user) any { return &u.Invited }}, // an invited user has no password yet
-	{"user_metadata", func(u *user) any { return &u.UserMetadata }},
-	{"app_metadata", func(u *user) any { return &u.AppMetadata }},
+	// As bytes: PostgreSQL checked the JSON when it was stored, and a json.RawMessage would be
+	// scanned through json.Unmarshal, which checks it again on every read.
+	{"user_metadata", func(u *user) any { return (*[]byte)(&u.UserMetadata) }},
+	{"app_metadata", func(u *user) any { return (*[]byte)(&u.AppMetadata) }},
 	{"password_hash", func(u *user) any { return &u.PasswordHash }},
 	{"token_version", func(u *user) any { return &u.TokenVersion }},
 }
