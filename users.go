@@ -482,32 +482,40 @@ func (s *store) listUsers(ctx context.Context, f userFilter) ([]user, int, error
 	// A deferred join: the page's ids are found first, from an index and without reading the
 	// rows skipped by OFFSET (an index-only scan), then only the page's rows are read whole.
 	// Plain OFFSET reads every skipped row whole.
-	pageIDs := "SELECT id FROM users" + where + orderBy + f.limitOffset()
+	// Each id comes with the number of matches, counted by the same scan (count(*) OVER ()
+	// runs before LIMIT), so that a search reads its index once, not once more for the total.
+	pageIDs := "SELECT id, count(*) OVER () AS total FROM users" + where + orderBy + f.limitOffset()
 	countSQL := "SELECT count(*) FROM users" + where
 	if where == "" && order == "id" { // every user in id order: user_id_blocks knows the way
-		pageIDs, countSQL = blockPageIDs(desc, f.page), "SELECT coalesce(sum(users), 0) FROM user_id_blocks"
+		countSQL = "SELECT coalesce(sum(users), 0)::bigint FROM user_id_blocks"
+		pageIDs = blockPageIDs(desc, f.page, countSQL)
 	}
-	pageSQL := "SELECT " + userColumns + " FROM users JOIN (" + pageIDs + ") AS page USING (id)" + orderBy
+	pageSQL := "SELECT " + userColumns + ", page.total FROM users JOIN (" + pageIDs + ") AS page USING (id)" + orderBy
 	// QueryExecModeExec plans each query with its arguments: a cached generic plan of a search
 	// cannot use the trigram index and scans every user instead.
+	var total int
 	rows, _ := s.pool.Query(ctx, pageSQL, append([]any{pgx.QueryExecModeExec}, args...)...)
 	users, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (u user, err error) {
-		return u, scanUser(row, &u)
+		return u, scanUser(row, &u, &total)
 	})
 	if err != nil {
 		return nil, 0, fmt.Errorf("list users: %w", err)
 	}
-	var total int
+	if len(users) > 0 {
+		return users, total, nil
+	}
+	// A page past the end has no row to carry the total.
 	if err := s.pool.QueryRow(ctx, countSQL, append([]any{pgx.QueryExecModeExec}, args...)...).Scan(&total); err != nil {
 		return nil, 0, fmt.Errorf("count users: %w", err)
 	}
 	return users, total, nil
 }
 
-// blockPageIDs selects the ids of page p of all users in id order (descending with desc): the
-// block of user_id_blocks that holds the page's first user, found from the counts of the
-// blocks before it, then the ids from that block on, skipping fewer than a block's users.
-func blockPageIDs(desc bool, p page) string {
+// blockPageIDs selects the ids of page p of all users in id order (descending with desc), each
+// with the total that countSQL reads: the block of user_id_blocks that holds the page's first
+// user, found from the counts of the blocks before it, then the ids from that block on,
+// skipping fewer than a block's users.
+func blockPageIDs(desc bool, p page, countSQL string) string {
 	offset := (p.Page - 1) * p.PerPage
 	order, from := "block", "id >= (SELECT block << 10 FROM start) ORDER BY id"
 	if desc {
@@ -517,7 +525,8 @@ func blockPageIDs(desc bool, p page) string {
 			SELECT block, %[3]d - before AS skip FROM (
 				SELECT block, users, sum(users) OVER (ORDER BY %[1]s) - users AS before FROM user_id_blocks) AS b
 			WHERE before + users > %[3]d ORDER BY %[1]s LIMIT 1)
-		SELECT id FROM users WHERE %[2]s LIMIT %[4]d OFFSET (SELECT skip FROM start)`, order, from, offset, p.PerPage)
+		SELECT id, (%[5]s) AS total FROM users WHERE %[2]s LIMIT %[4]d OFFSET (SELECT skip FROM start)`,
+		order, from, offset, p.PerPage, countSQL)
 }
 
 // where builds the WHERE clause of a user list. Only the present filters appear, so PostgreSQL

@@ -89,7 +89,7 @@ func run() error {
 		token := make([]byte, 32) // stored as the service stores a token's hash
 		_, _ = rand.Read(token)
 		now := time.Now()
-		err := pool.QueryRow(r.Context(), refreshSQL, req.SessionID, token, now.Add(24*time.Hour), now).Scan(&req.SessionID)
+		err := pool.QueryRow(r.Context(), refreshSQL, req.SessionID, token, now.Add(time.Hour), now).Scan(&req.SessionID)
 		reply(w, req, err)
 	})
 	ln, err := net.Listen("tcp", cmp.Or(os.Getenv("ADDR"), "127.0.0.1:0"))
