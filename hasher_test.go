@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -314,5 +315,27 @@ func TestRehashNeedsNoSecondSlot(t *testing.T) {
 	}
 	if err := <-contended; err != nil {
 		t.Errorf("the contender for the slot: %v", err)
+	}
+}
+
+// TestProcsRaiser: GOMAXPROCS is its base plus the bcrypt computations running, and a nil
+// raiser (tests, -create-admin) leaves it alone.
+func TestProcsRaiser(t *testing.T) {
+	base := runtime.GOMAXPROCS(0)
+	p := newProcsRaiser()
+	p.add(1)
+	p.add(1)
+	if got := runtime.GOMAXPROCS(0); got != base+2 {
+		t.Errorf("two computations running: GOMAXPROCS %d, want %d", got, base+2)
+	}
+	p.add(-1)
+	p.add(-1)
+	if got := runtime.GOMAXPROCS(0); got != base {
+		t.Errorf("none running: GOMAXPROCS %d, want %d", got, base)
+	}
+	var none *procsRaiser
+	none.add(1)
+	if got := runtime.GOMAXPROCS(0); got != base {
+		t.Errorf("nil raiser changed GOMAXPROCS to %d", got)
 	}
 }

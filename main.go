@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"runtime"
 	"syscall"
 	"time"
 )
@@ -56,10 +55,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	if err != nil {
 		return err
 	}
-	logger := newLogger(stdout, cfg.logFormat)
-	// bcrypt runs on threads of its own at low priority (see inBackground); one P more per
-	// bcrypt slot keeps them from ever holding every P that request handlers need.
-	runtime.GOMAXPROCS(runtime.NumCPU() + cfg.bcryptConcurrency)
+	logs := newLogBuffer(stdout)
+	defer logs.flush()
+	logger := newLogger(logs, cfg.logFormat)
 	st, err := openStore(ctx, cfg, time.Now, 30*time.Second)
 	if err != nil {
 		return openError(err)
@@ -103,6 +101,7 @@ func serve(ctx context.Context, cfg config, st *store, logger *slog.Logger) erro
 		logger.Info("schema up to date")
 	}
 	pw := newHasher(cfg.bcryptCost, cfg.bcryptConcurrency)
+	pw.procs = newProcsRaiser()
 	if cfg.metricsAddr != "" {
 		stopMetrics, err := serveMetrics(cfg.metricsAddr, st, pw, logger)
 		if err != nil {
