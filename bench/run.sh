@@ -113,13 +113,15 @@ trap 'exit 130' INT TERM
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
-# start_server starts the server with production settings on a free port; it sets server_pid,
-# addr (host:port) and ready_ms (from process start to the first 200 from /healthz).
+# start_server NAME [VAR=VALUE...] starts the server with production settings (and the given
+# ones) on a free port; it sets server_pid, addr (host:port) and ready_ms (from process start
+# to the first 200 from /healthz).
 start_server() {
   local log_file=$out/server-$1.log start deadline
+  shift
   start=$(now_ms)
   env -i PATH="$PATH" DATABASE_URL="$bench_url" JWT_SECRET_KEY="$jwt_secret" BCRYPT_COST=$bcrypt_cost \
-    MAIL_BACKEND=log TRUSTED_PROXIES=127.0.0.1/32 ADDR=127.0.0.1:0 "$bin" -env-file= ${pprof:+-pprof "$pprof"} >"$log_file" 2>&1 &
+    MAIL_BACKEND=log TRUSTED_PROXIES=127.0.0.1/32 ADDR=127.0.0.1:0 "$@" "$bin" -env-file= ${pprof:+-pprof "$pprof"} >"$log_file" 2>&1 &
   server_pid=$!
   addr=
   deadline=$((start + 30000))
@@ -284,6 +286,7 @@ log "seeded in $seed_ms ms"
 
 start_server bench # on the existing schema: this start is the one the start-up row reports
 start_baseline
+start_ms=$ready_ms
 sleep 1
 rss_idle_kb=$(rss_kb VmRSS)
 log "server ready in $ready_ms ms at $addr, RSS $((rss_idle_kb / 1024)) MB; baseline at $baseline_addr"
@@ -304,12 +307,21 @@ me=$base/api/users/me
 baseline_get=$baseline/users/$user_id
 run_id=$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')
 
-# me_wrk ROW URL [TOKEN]: GET URL with wrk, $connections connections, after a warm-up.
+# cpu_ticks PID: the process's CPU time so far (user and system), in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+clock_ticks=$(getconf CLK_TCK)
+
+# me_wrk ROW URL PID [TOKEN]: GET URL with wrk, $connections connections, after a warm-up;
+# CPU[ROW] is the CPU time that process PID spent per request, in microseconds.
+declare -A CPU
 me_wrk() {
-  local args=(-t "$threads" -c "$connections" --latency -s bench/wrk/me.lua)
-  [ -z "${3:-}" ] || args+=(-H "Authorization: Bearer $3")
+  local args=(-t "$threads" -c "$connections" --latency -s bench/wrk/me.lua) ticks
+  [ -z "${4:-}" ] || args+=(-H "Authorization: Bearer $4")
   wrk_run "" "$warmup" "${args[@]}" "$2"
+  ticks=$(cpu_ticks "$3")
   wrk_run "$1" "$duration" "${args[@]}" "$2"
+  CPU[$1]=$(awk -v t=$(($(cpu_ticks "$3") - ticks)) -v hz="$clock_ticks" -v rps="${RPS[$1]}" -v s="$duration" \
+    'BEGIN { printf "%.0f", t / hz * 1e6 / (rps * s) }')
 }
 # me_rate ROW URL [TOKEN]: GET URL with vegeta at $rate req/s, after a warm-up.
 me_rate() {
@@ -318,10 +330,11 @@ me_rate() {
 }
 
 log "1. GET /api/users/me and the baseline's GET: wrk, $connections connections (baseline before and after)"
-me_wrk 1b "$baseline_get"
-me_wrk 1 "$me" "$user_token"
-me_wrk 1c "$baseline_get"
+me_wrk 1b "$baseline_get" "$baseline_pid"
+me_wrk 1 "$me" "$server_pid" "$user_token"
+me_wrk 1c "$baseline_get" "$baseline_pid"
 RPS[1base]=$(awk -v a="${RPS[1b]}" -v b="${RPS[1c]}" 'BEGIN { printf "%.1f", (a + b) / 2 }')
+CPU[1base]=$(((CPU[1b] + CPU[1c]) / 2))
 
 log "2. GET /api/users/me and the baseline's GET: vegeta at $rate req/s"
 me_rate 2b "$baseline_get"
@@ -371,24 +384,45 @@ register_wrk=(-t "$threads" -c "$login_connections" --timeout 30s -s bench/wrk/r
 set_window
 wrk_run 5r "$window_secs" "${register_wrk[@]}" "$window_from" "$window_to" "$run_id" "$password"
 
+# idle_run ROW: $idle_connections idle keep-alive connections held open to the server, and
+# GET /api/users/me at $rate req/s beside them; IDLE_RSS[ROW] and IDLE_PEAK[ROW] are the
+# server's VmRSS after the run and its VmHWM, in kB.
+declare -A IDLE_RSS IDLE_PEAK
+idle_run() {
+  record "$idle_bin -addr \$SERVER -n $idle_connections &"
+  "$idle_bin" -addr "$addr" -n "$idle_connections" >"$out/idle-$1.txt" 2>&1 &
+  idle_pid=$!
+  local deadline=$(($(now_ms) + 120000))
+  until grep -q '^ready' "$out/idle-$1.txt"; do
+    kill -0 "$idle_pid" 2>/dev/null || die "the idle connections failed: $(tail -n 3 "$out/idle-$1.txt")"
+    [ "$(now_ms)" -lt "$deadline" ] || die "the idle connections were not open in 120 s"
+    sleep 0.1
+  done
+  me_rate "$1" "$me" "$user_token"
+  IDLE_RSS[$1]=$(rss_kb VmRSS)
+  IDLE_PEAK[$1]=$(rss_kb VmHWM)
+  kill "$idle_pid" 2>/dev/null || true
+  wait "$idle_pid" 2>/dev/null || true
+  idle_pid=
+}
+
+# restart_server [VAR=VALUE...]: a fresh server process on the same database.
+restart_server() {
+  stop_server
+  start_server "restart" "$@"
+  base=http://$addr
+  me=$base/api/users/me
+}
+
 log "6. $idle_connections idle keep-alive connections, and GET /api/users/me at $rate req/s beside them"
 idle_rss_before_kb=$(rss_kb VmRSS)
-record "$idle_bin -addr \$SERVER -n $idle_connections &"
-"$idle_bin" -addr "$addr" -n "$idle_connections" >"$out/idle.txt" 2>&1 &
-idle_pid=$!
-deadline=$(($(now_ms) + 120000))
-until grep -q '^ready' "$out/idle.txt"; do
-  kill -0 "$idle_pid" 2>/dev/null || die "the idle connections failed: $(tail -n 3 "$out/idle.txt")"
-  [ "$(now_ms)" -lt "$deadline" ] || die "the idle connections were not open in 120 s"
-  sleep 0.1
-done
-me_rate 6 "$me" "$user_token"
-idle_rss_kb=$(rss_kb VmRSS)
-idle_peak_kb=$(rss_kb VmHWM)
-idle_goroutine_kb=$(awk -v a="$idle_rss_kb" -v b="$idle_rss_before_kb" -v n="$idle_connections" 'BEGIN { printf "%.1f", (a - b) / n }')
-kill "$idle_pid" 2>/dev/null || true
-wait "$idle_pid" 2>/dev/null || true
-idle_pid=
+idle_run 6
+idle_goroutine_kb=$(awk -v a="${IDLE_RSS[6]}" -v b="$idle_rss_before_kb" -v n="$idle_connections" 'BEGIN { printf "%.1f", (a - b) / n }')
+memory_limit=180MiB
+log "6. the same with GOMEMLIMIT=$memory_limit"
+restart_server GOMEMLIMIT=$memory_limit
+idle_run 6m
+restart_server
 
 scaled=
 if [ "$scale_users" -gt "$users" ]; then
@@ -397,8 +431,8 @@ if [ "$scale_users" -gt "$users" ]; then
   psql "$bench_url" -q -v from="$users" -v users="$scale_users" -v hash="$password_hash" -f bench/grow.sql >/dev/null
   grow_ms=$(($(now_ms) - grow_start))
   log "grown in $grow_ms ms"
-  me_wrk 7b "$baseline_get"
-  me_wrk 7 "$me" "$user_token"
+  me_wrk 7b "$baseline_get" "$baseline_pid"
+  me_wrk 7 "$me" "$server_pid" "$user_token"
   declare -A admin_urls=(
     [7p1]="$base/api/admin/users?page=1&per_page=50"
     [7p10k]="$base/api/admin/users?page=10000&per_page=50"
@@ -451,7 +485,11 @@ mb() { awk -v kb="$1" 'BEGIN { printf "%.0f", kb / 1024 }'; }
 idle_p99=$(times "${P99[6]}" "${P99[2]}")
 row "GET /api/users/me $rate/s beside $idle_connections idle keep-alive connections (vs the quiet run)" "${idle_p99}x p99" \
   "p99 unchanged within 2x" "$(verdict "$idle_p99 <= 2 && ${ERRORS[6]} == 0")" 6
-rows+=("| server RSS with $idle_connections idle connections (VmRSS after the run above; peak $(mb "$idle_peak_kb") MB) | **$(mb "$idle_rss_kb") MB** | <= 200 MB | $(verdict "$idle_rss_kb <= 200 * 1024") | | | | | | |")
+rows+=("| server RSS with $idle_connections idle connections (VmRSS after the run above; peak $(mb "${IDLE_PEAK[6]}") MB) | **$(mb "${IDLE_RSS[6]}") MB** | <= 200 MB | $(verdict "${IDLE_RSS[6]} <= 200 * 1024") | | | | | | |")
+idle_p99m=$(times "${P99[6m]}" "${P99[2]}")
+row "the same with GOMEMLIMIT=$memory_limit: GET /api/users/me $rate/s beside $idle_connections idle connections (vs the quiet run)" "${idle_p99m}x p99" \
+  "p99 unchanged within 2x" "$(verdict "$idle_p99m <= 2 && ${ERRORS[6m]} == 0")" 6m
+rows+=("| the same with GOMEMLIMIT=$memory_limit: server RSS (peak $(mb "${IDLE_PEAK[6m]}") MB) | **$(mb "${IDLE_RSS[6m]}") MB** | <= 200 MB | $(verdict "${IDLE_RSS[6m]} <= 200 * 1024") | | | | | | |")
 if [ -n "$scaled" ]; then
   # The service's share of the baseline at this size against its share at $users users: the
   # machine's drift between the two runs, which moves the baseline too, cancels out.
@@ -472,8 +510,9 @@ else
 fi
 
 context=(
-  "server RSS idle $(mb "$rss_idle_kb") MB, peak (VmHWM) $(mb "$rss_peak_kb") MB; about $idle_goroutine_kb kB per idle connection"
-  "start to ready (/healthz 200) on the existing schema: $ready_ms ms; binary $(awk -v b="$binary_bytes" 'BEGIN { printf "%.1f", b / 1048576 }') MB"
+  "CPU time per GET in scenario 1 (the process's user and system time over the run, from /proc): service ${CPU[1]} us, baseline ${CPU[1base]} us ($(times "${CPU[1]}" "${CPU[1base]}")x)"
+  "server RSS idle $(mb "$rss_idle_kb") MB; about $idle_goroutine_kb kB more per idle connection; the server of the last runs peaked (VmHWM) at $(mb "$rss_peak_kb") MB"
+  "start to ready (/healthz 200) on the existing schema: $start_ms ms; binary $(awk -v b="$binary_bytes" 'BEGIN { printf "%.1f", b / 1048576 }') MB"
 )
 
 table=$(
