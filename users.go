@@ -471,30 +471,12 @@ var sortColumns = map[string]string{"id": "id", "username": `lower(username COLL
 
 // listUsers returns one page of users matching f and the number of users matching in all.
 func (s *store) listUsers(ctx context.Context, f userFilter) ([]user, int, error) {
-	where, args := f.where()
-	order, desc := strings.CutPrefix(f.Sort, "-")
-	direction := ""
-	if desc {
-		direction = " DESC"
-	}
-	// The sort column comes from a fixed map, never from the request text itself.
-	orderBy := " ORDER BY " + sortColumns[order] + direction + ", id" + direction
-	// A deferred join: the page's ids are found first, from an index and without reading the
-	// rows skipped by OFFSET (an index-only scan), then only the page's rows are read whole.
-	// Plain OFFSET reads every skipped row whole.
-	// Each id comes with the number of matches, counted by the same scan (count(*) OVER ()
-	// runs before LIMIT), so that a search reads its index once, not once more for the total.
-	pageIDs := "SELECT id, count(*) OVER () AS total FROM users" + where + orderBy + f.limitOffset()
-	countSQL := "SELECT count(*) FROM users" + where
-	if where == "" && order == "id" { // every user in id order: user_id_blocks knows the way
-		countSQL = "SELECT coalesce(sum(users), 0)::bigint FROM user_id_blocks"
-		pageIDs = blockPageIDs(desc, f.page, countSQL)
-	}
-	pageSQL := "SELECT " + userColumns + ", page.total FROM users JOIN (" + pageIDs + ") AS page USING (id)" + orderBy
+	pageSQL, countSQL, args := f.queries()
 	// QueryExecModeExec plans each query with its arguments: a cached generic plan of a search
 	// cannot use the trigram index and scans every user instead.
+	args = append([]any{pgx.QueryExecModeExec}, args...)
 	var total int
-	rows, _ := s.pool.Query(ctx, pageSQL, append([]any{pgx.QueryExecModeExec}, args...)...)
+	rows, _ := s.pool.Query(ctx, pageSQL, args...)
 	users, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (u user, err error) {
 		return u, scanUser(row, &u, &total)
 	})
@@ -505,10 +487,36 @@ func (s *store) listUsers(ctx context.Context, f userFilter) ([]user, int, error
 		return users, total, nil
 	}
 	// A page past the end has no row to carry the total.
-	if err := s.pool.QueryRow(ctx, countSQL, append([]any{pgx.QueryExecModeExec}, args...)...).Scan(&total); err != nil {
+	if err := s.pool.QueryRow(ctx, countSQL, args...).Scan(&total); err != nil {
 		return nil, 0, fmt.Errorf("count users: %w", err)
 	}
 	return users, total, nil
+}
+
+// queries returns the SQL of f's page, each row with the number of matches, of that number
+// alone, and their arguments.
+func (f userFilter) queries() (pageSQL, countSQL string, args []any) {
+	where, args := f.where()
+	order, desc := strings.CutPrefix(f.Sort, "-")
+	direction := ""
+	if desc {
+		direction = " DESC"
+	}
+	// The sort column comes from a fixed map, never from the request text itself.
+	orderBy := " ORDER BY " + sortColumns[order] + direction + ", id" + direction
+	// A deferred join: the page's ids are found first, from an index and without reading the
+	// rows skipped by OFFSET (an index-only scan), then only the page's rows are read whole.
+	// Plain OFFSET reads every skipped row whole. Each id comes with the number of matches,
+	// counted by the same scan (count(*) OVER () runs before LIMIT), so that a search reads its
+	// index once, not once more for the total.
+	pageIDs := "SELECT id, count(*) OVER () AS total FROM users" + where + orderBy + f.limitOffset()
+	countSQL = "SELECT count(*) FROM users" + where
+	if where == "" && order == "id" { // every user in id order: user_id_blocks knows the way
+		countSQL = "SELECT coalesce(sum(users), 0)::bigint FROM user_id_blocks"
+		pageIDs = blockPageIDs(desc, f.page, countSQL)
+	}
+	pageSQL = "SELECT " + userColumns + ", page.total FROM users JOIN (" + pageIDs + ") AS page USING (id)" + orderBy
+	return pageSQL, countSQL, args
 }
 
 // blockPageIDs selects the ids of page p of all users in id order (descending with desc), each
