@@ -101,3 +101,49 @@ func TestSchemaUpgradeFoldsASCII(t *testing.T) {
 		}
 	}
 }
+
+// TestSchemaUpgradeCountsUsers: a database of a version before user_id_blocks, with users in
+// it, gets their counts once when the schema is applied; the counts then follow inserts and
+// deletes, and applying the schema again does not count anyone twice.
+func TestSchemaUpgradeCountsUsers(t *testing.T) {
+	t.Parallel()
+	url := newTestDatabase(t)
+	ctx := context.Background()
+	open := func() *store {
+		st, err := openStore(ctx, testConfig(url), time.Now, 10*time.Second)
+		if err != nil {
+			t.Fatalf("opening store: %v", err)
+		}
+		t.Cleanup(st.close)
+		return st
+	}
+	st := open()
+	exec := func(sql string) {
+		t.Helper()
+		if _, err := st.pool.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	counted := func(when string) {
+		t.Helper()
+		var users, blocks int
+		err := st.pool.QueryRow(ctx, "SELECT (SELECT count(*) FROM users), (SELECT coalesce(sum(users), 0) FROM user_id_blocks)").
+			Scan(&users, &blocks)
+		if err != nil || users != blocks {
+			t.Fatalf("%s: %d users, %d counted (%v)", when, users, blocks, err)
+		}
+	}
+	// The earlier version: users, and no counts or triggers.
+	exec(`DROP TABLE user_id_blocks CASCADE; DROP FUNCTION count_user_id_blocks() CASCADE;
+		INSERT INTO users (username, first_name, last_name, email, password_hash)
+		SELECT 'c' || i, 'F', 'L', 'c' || i || '@example.com', 'not-a-hash' FROM generate_series(1, 2500) AS i;
+		UPDATE schema_version SET digest = 'earlier'`)
+	open()
+	counted("after the upgrade")
+	exec("DELETE FROM users WHERE id % 3 = 0")
+	exec(`INSERT INTO users (username, first_name, last_name, email, password_hash) VALUES ('late', 'F', 'L', 'late@example.com', '')`)
+	counted("after deletes and an insert")
+	exec("UPDATE schema_version SET digest = 'earlier'")
+	open()
+	counted("after the schema was applied again")
+}
