@@ -37,6 +37,7 @@ type config struct {
 	addr                 string
 	metricsAddr          string // where GET /metrics listens; empty: nowhere
 	logFormat            string // logText or logJSON
+	tuneGC               bool   // GOGC unset: the server paces the collector (gctune.go)
 	bcryptCost           int
 	passwordMinLength    int
 	resetTTL             time.Duration
@@ -110,6 +111,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		addr:                 str("ADDR", ":8080"),
 		metricsAddr:          getenv("METRICS_ADDR"),
 		logFormat:            str("LOG_FORMAT", logText),
+		tuneGC:               getenv("GOGC") == "",
 		bcryptCost:           num("BCRYPT_COST", 12, 4, 31),
 		passwordMinLength:    num("PASSWORD_MIN_LENGTH", 8, 1, 72),
 		resetTTL:             seconds("PASSWORD_RESET_TOKEN_EXPIRES", 3600),

@@ -114,6 +114,9 @@ func serve(ctx context.Context, cfg config, st *store, logger *slog.Logger) erro
 		logger.Warn("MAIL_BACKEND=dummy: password reset tokens are returned in API responses; never use this in production")
 	}
 	background, stopBackground := context.WithCancel(ctx)
+	if cfg.tuneGC {
+		go tuneGC(background)
+	}
 	go sweepExpired(background, st, logger)
 	outboxDone := make(chan struct{})
 	go func() { runOutbox(background, cfg.mail, st, logger); close(outboxDone) }()
