@@ -12,18 +12,23 @@ import (
 // TestSchemaAppliedOnceAndUpgraded: instances starting together on an empty database all
 // succeed; a start on an up-to-date database runs no DDL; a database of an earlier version is
 // brought up to date.
+// openTestStore opens a store on the database at url, as a server's start does (applying the
+// schema when it is not current), closed when the test ends.
+func openTestStore(t *testing.T, url string) *store {
+	t.Helper()
+	st, err := openStore(context.Background(), testConfig(url), time.Now, 10*time.Second)
+	if err != nil {
+		t.Fatalf("opening store: %v", err)
+	}
+	t.Cleanup(st.close)
+	return st
+}
+
 func TestSchemaAppliedOnceAndUpgraded(t *testing.T) {
 	t.Parallel()
 	url := newTestDatabase(t)
 	ctx := context.Background()
-	open := func() *store {
-		st, err := openStore(ctx, testConfig(url), time.Now, 10*time.Second)
-		if err != nil {
-			t.Fatalf("opening store: %v", err)
-		}
-		t.Cleanup(st.close)
-		return st
-	}
+	open := func() *store { return openTestStore(t, url) }
 	var wg sync.WaitGroup
 	for range 4 {
 		wg.Go(func() { open() })
@@ -109,14 +114,7 @@ func TestSchemaUpgradeCountsUsers(t *testing.T) {
 	t.Parallel()
 	url := newTestDatabase(t)
 	ctx := context.Background()
-	open := func() *store {
-		st, err := openStore(ctx, testConfig(url), time.Now, 10*time.Second)
-		if err != nil {
-			t.Fatalf("opening store: %v", err)
-		}
-		t.Cleanup(st.close)
-		return st
-	}
+	open := func() *store { return openTestStore(t, url) }
 	st := open()
 	exec := func(sql string) {
 		t.Helper()
