@@ -247,12 +247,7 @@ func requireAuth(cfg config, st *store, logger *slog.Logger) func(http.Handler) 
 				writeError(w, r, logger, err)
 				return
 			}
-			s := stateOf(r.Context())
-			if s == nil { // outside withRequestState, as some tests serve a handler
-				s = &requestState{}
-				r = r.WithContext(context.WithValue(r.Context(), requestStateKey{}, s))
-			}
-			s.principal = p
+			stateOf(r.Context()).principal = p // newServer's withRequestState made it
 			next.ServeHTTP(w, r)
 		})
 	}
