@@ -37,7 +37,8 @@ type hasher struct {
 // holds a P while it runs, on its low-priority thread (see inBackground): with a P more for
 // each, bcrypt never holds every P that request handlers need. Without logins, GOMAXPROCS is
 // base: more Ps than cores would have the scheduler's idle Ps spin and wake threads that the
-// cores cannot run, a fifth more CPU per request measured on 2 cores (make bench).
+// cores cannot run: on 2 cores, 146 us of CPU per /api/users/me against 123 us with this
+// (both builds alternating under the same load).
 type procsRaiser struct {
 	mu         sync.Mutex
 	base, busy int
